@@ -86,7 +86,9 @@ def _head_slices(module_name: str, head: int, head_size: int) -> tuple[ParamSlic
     return tuple(slices)
 
 
-def iter_gate_sites(model: nn.Module, kinds: tuple[str, ...] = GROUP_KINDS) -> Iterator[tuple[GateSite, list[Group]]]:
+def iter_gate_sites(
+    model: nn.Module, kinds: tuple[str, ...] = GROUP_KINDS
+) -> Iterator[tuple[GateSite, list[Group]]]:
     """Yield each gate site of ``model`` with its groups, in module order."""
     layer = {kind: 0 for kind in GROUP_KINDS}
     for name, module in model.named_modules():

@@ -1,4 +1,4 @@
-"""Small input checks shared by public entry points; each raises :class:`PlpruneError` with a clear message."""
+"""Input checks shared by public entry points; each raises :class:`PlpruneError` with a clear message."""
 
 from __future__ import annotations
 
@@ -25,14 +25,24 @@ def check_non_negative_int(name: str, value: Any) -> int:
 
 def check_positive_float(name: str, value: Any) -> float:
     """Return ``value`` as float if it is finite and > 0, else raise ``PlpruneError``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise PlpruneError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def check_non_negative_float(name: str, value: Any) -> float:
     """Return ``value`` as float if it is finite and >= 0, else raise ``PlpruneError``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise PlpruneError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 

@@ -95,9 +95,7 @@ class MultiHeadSelfAttention(nn.Module):
     def set_head_gate(self, gate: Tensor | None) -> None:
         """Set the multiplicative gate on each head's context (shape ``(num_heads,)``), or ``None``."""
         if gate is not None and tuple(gate.shape) != (self.num_heads,):
-            raise PlpruneError(
-                f"head gate must have shape ({self.num_heads},), got {tuple(gate.shape)}"
-            )
+            raise PlpruneError(f"head gate must have shape ({self.num_heads},), got {tuple(gate.shape)}")
         self.head_gate = gate
 
     def _split_heads(self, x: Tensor) -> Tensor:
@@ -227,7 +225,9 @@ class BertForMaskedLM(nn.Module):
         if labels is None:
             return MaskedLMOutput(logits=self.lm_logits(hidden), loss=None)
         if labels.shape != input_ids.shape:
-            raise PlpruneError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+            raise PlpruneError(
+                f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}"
+            )
         if logits_at == "masked":
             selected = labels != IGNORE_INDEX
             logits = self.lm_logits(hidden[selected])
@@ -237,14 +237,14 @@ class BertForMaskedLM(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
         return MaskedLMOutput(logits=logits, loss=loss)
 
-    def per_sample_loss(self, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def per_sample_loss(
+        self, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None
+    ) -> Tensor:
         """Mean masked-token cross-entropy of each sample, shape ``(B,)``; fixed shapes, so vmap-safe.
 
         A sample with no masked token contributes 0.
         """
         logits = self.lm_logits(self.encode(input_ids, attention_mask))
         selected = (labels != IGNORE_INDEX).to(logits.dtype)
-        token_loss = F.cross_entropy(
-            logits.transpose(1, 2), labels.clamp_min(0), reduction="none"
-        )  # (B, T)
+        token_loss = F.cross_entropy(logits.transpose(1, 2), labels.clamp_min(0), reduction="none")  # (B, T)
         return (token_loss * selected).sum(dim=1) / selected.sum(dim=1).clamp_min(1.0)

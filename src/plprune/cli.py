@@ -1,0 +1,201 @@
+"""``plprune`` command line: ``train`` a model on a task, ``demo`` a short offline run.
+
+Every user error is printed as one ``plprune: error: ...`` line with exit status 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from plprune.errors import PlpruneError
+from plprune.run_config import RunConfig, load_config_file
+
+# flag -> (config section, field, type, help)
+_RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
+    ("--data-dir", "data", "data_dir", str, "directory with the text files (or env PLPRUNE_DATA_DIR)"),
+    ("--train-file", "data", "train_file", str, "training file name in --data-dir (default valid.txt)"),
+    ("--test-file", "data", "test_file", str, "held-out file name in --data-dir (default test.txt)"),
+    ("--tokenizer", "data", "tokenizer", str, "word (default; vocabulary of the training file) or bpe"),
+    ("--min-freq", "data", "min_freq", int, "word tokenizer: minimum count to get an id (default 2)"),
+    ("--bpe-vocab-size", "data", "bpe_vocab_size", int, "bpe tokenizer: vocabulary size (default 8000)"),
+    ("--seq-len", "data", "seq_len", int, "tokens per block (default 128)"),
+    ("--layers", "model", "layers", int, "encoder layers (default 4)"),
+    ("--hidden", "model", "hidden", int, "hidden size (default 128)"),
+    ("--heads", "model", "heads", int, "attention heads per layer; must divide --hidden (default 8)"),
+    ("--ffn", "model", "ffn", int, "feed-forward size (default 512)"),
+    ("--dropout", "model", "dropout", float, "dropout probability in [0, 1) (default 0.1)"),
+    ("--steps", "train", "steps", int, "optimizer steps (default 2000)"),
+    ("--batch-size", "train", "batch_size", int, "blocks per batch (default 16)"),
+    ("--lr", "train", "lr", float, "peak learning rate (default 5e-4)"),
+    ("--warmup-fraction", "train", "warmup_fraction", float, "fraction of steps of linear warm-up"),
+    ("--weight-decay", "train", "weight_decay", float, "AdamW weight decay (default 0, paper Table 4)"),
+    ("--grad-clip", "train", "grad_clip", float, "max gradient norm; 0 disables (default 1.0)"),
+    ("--optimizer", "train", "optimizer", str, "adamw (default) or sgd"),
+    ("--eval-every", "train", "eval_every", int, "evaluate every N steps (default 200)"),
+    ("--checkpoint-every", "train", "checkpoint_every", int, "checkpoint every N steps; 0: only at the end"),
+    ("--eval-batches", "train", "eval_batches", int, "batches per periodic evaluation (default 8)"),
+    ("--seed", "train", "seed", int, "seed of initialisation, data order and masking (default 0)"),
+    ("--method", "prune", "method", str, "dense (default: no pruning) or pl"),
+    ("--prune-ratio", "prune", "ratio", float, "final fraction of groups removed, in [0, 1) (default 0.75)"),
+    ("--schedule", "prune", "schedule", str, "one-shot (default), at-init, linear or iterative"),
+    ("--prune-at", "prune", "prune_at", str, "when pruning starts: steps (800) or epochs (5e); default 5e"),
+    ("--prune-end", "prune", "prune_end", str, "linear schedule: last pruning time"),
+    ("--prune-every", "prune", "prune_every", str, "linear/iterative: time between pruning events"),
+    ("--rounds", "prune", "rounds", int, "iterative schedule: number of pruning rounds (default 3)"),
+    ("--alpha", "pl", "alpha", float, "PL: weight of the Hessian-trace term (default 1, Alg. 2)"),
+    (
+        "--gate-steps",
+        "pl",
+        "gate_steps",
+        int,
+        "PL: batches of gating-network training per event (default 10)",
+    ),
+    ("--gate-lr", "pl", "gate_lr", float, "PL: gating-network learning rate (default 0.05)"),
+    ("--num-probes", "pl", "num_probes", int, "PL: Hutchinson probes per batch (default 1)"),
+    ("--hessian-scalar", "pl", "hessian_scalar", str, "PL: loss (default) or logits (Alg. 1's f)"),
+    ("--feature-samples", "pl", "feature_samples", int, "PL: samples n of the tangent kernels (default 16)"),
+]
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", help="task name: bert-wikitext2 (default) or bert-pydoc")
+    parser.add_argument("--config", type=Path, help="TOML file with task and [data]/[model]/[train] tables")
+    for flag, _section, field, kind, text in _RUN_FLAGS:
+        parser.add_argument(flag, dest=field, type=kind, default=None, help=text)
+    parser.add_argument(
+        "--pre-ln",
+        dest="pre_layer_norm",
+        action="store_true",
+        default=None,
+        help="pre-LayerNorm layers (default: post-LN as in BERT)",
+    )
+    parser.add_argument(
+        "--no-diagnostics",
+        dest="diagnostics",
+        action="store_false",
+        default=None,
+        help="skip NTK condition number / Hessian trace around pruning events",
+    )
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    """Defaults < --config file < explicit flags."""
+    config = load_config_file(args.config) if args.config else RunConfig()
+    overrides: dict[str, Any] = {}
+    if args.task is not None:
+        overrides["task"] = args.task
+    for _flag, section, field, _kind, _text in _RUN_FLAGS:
+        value = getattr(args, field)
+        if value is not None:
+            overrides.setdefault(section, {})[field] = value
+    if args.pre_layer_norm is not None:
+        overrides.setdefault("model", {})["pre_layer_norm"] = True
+    if args.diagnostics is not None:
+        overrides.setdefault("prune", {})["diagnostics"] = False
+    return config.with_overrides(overrides)
+
+
+def _history_table(history: list[dict[str, Any]]) -> str:
+    from plprune.table import format_table
+
+    rows = [
+        {
+            "step": r["step"],
+            "epoch": round(r["epoch"], 2),
+            "train loss": r["train_loss"],
+            "train PPL": r["train_ppl"],
+            "test PPL": r["test_ppl"],
+            "ΔPPL": r["delta_ppl"],
+            "time (s)": r["wall_time"],
+        }
+        for r in history
+    ]
+    return format_table(rows, ["step", "epoch", "train loss", "train PPL", "test PPL", "ΔPPL", "time (s)"])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from plprune.runner import train_run
+
+    if args.out is None:
+        raise PlpruneError("train needs --out RUN_DIR (a new directory, or an existing one with --resume)")
+    config = resolve_config(args)
+    summary = train_run(config, args.out, resume=args.resume, progress=not args.no_progress)
+    print(_history_table(summary["history"]))
+    print(f"\nrun written to {args.out}  (final test PPL {summary['final']['test_ppl']:.2f})")
+    return 0
+
+
+DEMO_CONFIG = {
+    "task": "bert-pydoc",
+    "data": {"seq_len": 64, "min_freq": 2},
+    "model": {"layers": 2, "hidden": 64, "heads": 4, "ffn": 256},
+    "train": {"steps": 300, "batch_size": 16, "lr": 1e-3, "eval_every": 50, "checkpoint_every": 0},
+}
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from plprune.runner import train_run
+
+    out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    config = RunConfig.from_dict(DEMO_CONFIG)
+    if args.steps is not None:
+        config = config.with_overrides({"train": {"steps": args.steps}})
+    print("plprune demo: BERT masked-LM on CPython's bundled pydoc text (no download)")
+    print(
+        f"  {config.model.layers} layers, hidden {config.model.hidden}, {config.model.heads} heads, "
+        f"{config.train.steps} steps; writing {out}\n"
+    )
+    summary = train_run(config, out, progress=not args.no_progress)
+    print(_history_table(summary["history"]))
+    print(f"\n{summary['parameters']:,} parameters; last row = full held-out split. Run dir: {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plprune",
+        description="Structured pruning during training with the Polyak-Łojasiewicz condition (ICLR 2023).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    train = sub.add_parser(
+        "train",
+        help="train a model on a task and log metrics/checkpoints to a run directory",
+        description="Train a model on a task. WikiText-2 here: trains on valid.txt, evaluates on test.txt.",
+    )
+    _add_run_options(train)
+    train.add_argument("--out", type=Path, help="run directory (must be new unless --resume)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(handler=cmd_train)
+
+    demo = sub.add_parser("demo", help="a short offline training run with a results table (about a minute)")
+    demo.add_argument("--out", type=Path, help="run directory (default runs/demo-TIMESTAMP)")
+    demo.add_argument("--steps", type=int, help="override the demo's number of steps")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except PlpruneError as error:
+        print(f"plprune: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("plprune: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The full, serialisable description of one run: task, data, model, training (and, later, pruning).
+
+Precedence when built from the CLI: dataclass defaults < ``--config FILE`` (TOML) < explicit flags.
+The resolved config is saved as ``RUN_DIR/config.json``; ``--resume`` refuses a different config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from plprune.errors import PlpruneError
+from plprune.pruners.pl import PLConfig
+from plprune.train.config import TrainConfig
+from plprune.validation import check_choice, check_positive_int, check_probability
+
+TOKENIZERS = ("word", "bpe")
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it is tokenised and blocked.
+
+    ``data_dir`` falls back to the ``PLPRUNE_DATA_DIR`` environment variable. WikiText-2 here: train on
+    ``valid.txt``, evaluate on ``test.txt`` (the training split is not available offline).
+    """
+
+    data_dir: str | None = None
+    train_file: str = "valid.txt"
+    test_file: str = "test.txt"
+    tokenizer: str = "word"
+    min_freq: int = 2
+    bpe_vocab_size: int = 8000
+    seq_len: int = 128
+
+    def __post_init__(self) -> None:
+        check_choice("tokenizer", self.tokenizer, TOKENIZERS)
+        check_positive_int("min_freq", self.min_freq)
+        check_positive_int("bpe_vocab_size", self.bpe_vocab_size)
+        check_positive_int("seq_len", self.seq_len)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture sizes (BERT-style encoder)."""
+
+    layers: int = 4
+    hidden: int = 128
+    heads: int = 8
+    ffn: int = 512
+    dropout: float = 0.1
+    pre_layer_norm: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "hidden", "heads", "ffn"):
+            check_positive_int(name, getattr(self, name))
+        check_probability("dropout", self.dropout)
+        if self.hidden % self.heads:
+            raise PlpruneError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+
+
+METHODS = ("dense", "pl")
+
+
+@dataclass
+class PruneConfig:
+    """Which method prunes which groups when (``method = "dense"`` trains without pruning).
+
+    ``prune_at``/``prune_end``/``prune_every`` are times: steps (``800``) or epochs (``"5e"``).
+    """
+
+    method: str = "dense"
+    ratio: float = 0.75
+    schedule: str = "one-shot"
+    prune_at: str = "5e"
+    prune_end: str | None = None
+    prune_every: str | None = None
+    rounds: int = 3
+    kinds: tuple[str, ...] = ("head",)
+    diagnostics: bool = True
+    pl: PLConfig = field(default_factory=PLConfig)
+
+    def __post_init__(self) -> None:
+        from plprune.groups import check_kinds
+        from plprune.schedules import SCHEDULES
+
+        check_choice("method", self.method, METHODS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_probability("prune ratio", self.ratio)
+        check_positive_int("rounds", self.rounds)
+        self.kinds = check_kinds(tuple(self.kinds))
+        if isinstance(self.pl, dict):
+            self.pl = PLConfig(**self.pl)
+
+
+@dataclass
+class RunConfig:
+    task: str = "bert-wikitext2"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        """Build from nested dicts (a TOML file or a saved config.json); unknown keys are errors."""
+        sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "prune": PruneConfig}
+        unknown = set(raw) - {"task", *sections}
+        if unknown:
+            raise PlpruneError(f"unknown config keys {sorted(unknown)}; allowed: task, {', '.join(sections)}")
+        kwargs: dict[str, Any] = {}
+        if "task" in raw:
+            kwargs["task"] = raw["task"]
+        for name, klass in sections.items():
+            values = raw.get(name, {})
+            if not isinstance(values, dict):
+                raise PlpruneError(f"config section [{name}] must be a table, got {type(values).__name__}")
+            allowed = {f.name for f in dataclasses.fields(klass)}
+            bad = set(values) - allowed
+            if name == "prune" and isinstance(values.get("pl"), dict):
+                pl_allowed = {f.name for f in dataclasses.fields(PLConfig)}
+                bad |= {f"pl.{k}" for k in set(values["pl"]) - pl_allowed}
+            if bad:
+                raise PlpruneError(f"unknown keys in [{name}]: {sorted(bad)}; allowed: {sorted(allowed)}")
+            try:
+                kwargs[name] = klass(**values)
+            except TypeError as error:
+                raise PlpruneError(f"invalid [{name}] section: {error}") from error
+        return cls(**kwargs)
+
+    def with_overrides(self, overrides: dict[str, dict[str, Any]]) -> RunConfig:
+        """A copy with ``{section: {field: value}}`` replaced (``section`` may be ``"task"``)."""
+        raw = self.to_dict()
+        for section, values in overrides.items():
+            if section == "task":
+                raw["task"] = values
+            elif section == "pl":
+                raw["prune"]["pl"].update(values)
+            else:
+                raw[section].update(values)
+        return RunConfig.from_dict(raw)
+
+
+def load_config_file(path: Path) -> RunConfig:
+    """Read a TOML config (``task = ...``, ``[data]``, ``[model]``, ``[train]``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PlpruneError(f"config file {path} does not exist")
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise PlpruneError(f"config file {path} is not valid TOML: {error}") from error
+    return RunConfig.from_dict(raw)
+
+
+def config_differences(saved: dict[str, Any], requested: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable ``key: saved -> requested`` lines where two config dicts differ."""
+    lines = []
+    for key in sorted(set(saved) | set(requested)):
+        a, b = saved.get(key), requested.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines.extend(config_differences(a, b, f"{prefix}{key}."))
+        elif a != b:
+            lines.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return lines
+
+
+def save_config(path: Path, config: RunConfig) -> None:
+    from plprune.train.checkpoint import atomic_write_text
+
+    atomic_write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")

@@ -1,0 +1,127 @@
+"""Run one training job end to end: run directory, config, task, trainer, summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from plprune.errors import RunDirError
+from plprune.run_config import RunConfig, config_differences, save_config
+from plprune.tasks.registry import build_task
+from plprune.train.callbacks import Callback
+from plprune.train.checkpoint import atomic_write_text
+from plprune.train.loop import CHECKPOINT_NAME, METRICS_NAME, Trainer
+from plprune.train.metrics import read_jsonl
+
+CONFIG_NAME = "config.json"
+SUMMARY_NAME = "summary.json"
+
+
+def prepare_run_dir(out: Path, config: RunConfig, resume: bool) -> Path:
+    """Create (or, with ``resume``, validate) the run directory; never overwrite an existing run."""
+    out = Path(out)
+    if resume:
+        if not (out / CONFIG_NAME).is_file() or not (out / CHECKPOINT_NAME).is_file():
+            raise RunDirError(
+                f"--resume: {out} has no {CONFIG_NAME} and {CHECKPOINT_NAME}; nothing to resume"
+            )
+        saved = json.loads((out / CONFIG_NAME).read_text(encoding="utf-8"))
+        diff = config_differences(saved, json.loads(json.dumps(config.to_dict())))
+        if diff:
+            raise RunDirError(
+                f"--resume: the requested config differs from the one {out} was started with "
+                f"(saved -> requested): {'; '.join(diff)}"
+            )
+        return out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunDirError(
+            f"{out} already exists and is not empty; pass --resume to continue it, or pick a new --out"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise RunDirError(f"cannot write to output directory {out}: {error.strerror or error}") from error
+    if not os.access(out, os.W_OK):
+        raise RunDirError(f"output directory {out} is not writable")
+    save_config(out / CONFIG_NAME, config)
+    return out
+
+
+def build_pruning_callback(
+    config: RunConfig, model: torch.nn.Module, steps_per_epoch: int
+) -> Callback | None:
+    """The pruning callback the config asks for (``None`` for ``method = "dense"``)."""
+    from plprune.gates import GroupSet
+    from plprune.pruners.base import Diagnostics, PruningCallback
+    from plprune.pruners.pl import PLScorer
+    from plprune.schedules import build_schedule, parse_time
+
+    prune = config.prune
+    if prune.method == "dense":
+        return None
+
+    def to_steps(value: str | None) -> int | None:
+        return None if value is None else parse_time(value, steps_per_epoch)
+
+    schedule = build_schedule(
+        prune.schedule,
+        prune.ratio,
+        to_steps(prune.prune_at) or 0,
+        end=to_steps(prune.prune_end),
+        every=to_steps(prune.prune_every),
+        rounds=prune.rounds,
+    )
+    schedule.validate(config.train.steps)
+    groups = GroupSet(model, kinds=prune.kinds)
+    scorer = PLScorer(prune.pl)
+    diagnostics = Diagnostics() if prune.diagnostics else None
+    return PruningCallback(groups, scorer, schedule, seed=config.train.seed, diagnostics=diagnostics)
+
+
+def train_run(
+    config: RunConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    callbacks: list[Callback] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train per ``config`` into ``out``; returns and writes ``summary.json`` (final metrics, wall time)."""
+    out = Path(out)
+    fresh = not out.exists()
+    out = prepare_run_dir(out, config, resume)
+    try:
+        model, task = build_task(config, out)
+        pruning = build_pruning_callback(config, model, task.steps_per_epoch)
+    except Exception:
+        if fresh:  # a setup error (bad data, bad schedule) leaves nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    callbacks = list(callbacks or [])
+    if pruning is not None:
+        callbacks.insert(0, pruning)
+    trainer = Trainer(model, task, config.train, out, callbacks, progress=progress)
+    if resume:
+        trainer.resume()
+    final = trainer.fit()
+    summary = {
+        "task": config.task,
+        "steps": trainer.step,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "method": config.prune.method,
+        "final": final,
+        "pruning_events": getattr(pruning, "records", []),
+        "history": read_jsonl(out / METRICS_NAME),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,6 @@
+"""Tasks: what a run trains on and how it is evaluated."""
+
+from plprune.tasks.base import Task
+from plprune.tasks.mlm import MlmTask
+
+__all__ = ["MlmTask", "Task"]

@@ -1,0 +1,104 @@
+"""Masked-language modelling on a block corpus (BERT on WikiText-2, or the offline pydoc corpus).
+
+Perplexities are exp(token-weighted mean cross-entropy at masked positions) on a fixed, seeded masking
+of fixed blocks: ``train_ppl`` on a seeded sample of training blocks (model in eval mode), ``test_ppl``
+on the held-out split, ``delta_ppl = test_ppl - train_ppl`` (the paper's ΔPPL, Table 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from plprune.data import MlmData, MlmMasker, fixed_masked_batches
+from plprune.errors import DataError
+from plprune.seeding import generator
+from plprune.train.metrics import perplexity
+from plprune.validation import check_positive_int
+
+
+class MlmTask:
+    """Batches, loss and evaluation for MLM; see the module docstring for the metrics."""
+
+    def __init__(self, data: MlmData, batch_size: int, seed: int, eval_batches: int = 8) -> None:
+        self.name = "mlm"
+        self.data = data
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.seed = seed
+        self.eval_batches = check_positive_int("eval_batches", eval_batches)
+        tokenizer = data.tokenizer
+        self.masker = MlmMasker(
+            vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id, special_ids=tokenizer.special_ids
+        )
+        n_train = data.train_blocks.shape[0]
+        if n_train < self.batch_size:
+            raise DataError(
+                f"the training split has {n_train} blocks of {data.train_blocks.shape[1]} tokens, fewer than "
+                f"one batch of {self.batch_size}; lower --batch-size or --seq-len, or use a larger corpus"
+            )
+        self.steps_per_epoch = n_train // self.batch_size
+        self._epoch_order: tuple[int, Tensor] | None = None
+        eval_blocks = self.eval_batches * self.batch_size
+        train_sample = torch.randperm(n_train, generator=generator(seed, "train-eval-sample"))[:eval_blocks]
+        self._train_eval = fixed_masked_batches(
+            data.train_blocks[train_sample], self.masker, self.batch_size, seed=seed + 1
+        )
+        self._test_eval = fixed_masked_batches(
+            data.test_blocks, self.masker, self.batch_size, seed=seed + 2, max_blocks=eval_blocks
+        )
+        self._test_eval_full: list[tuple[Tensor, Tensor]] | None = None
+
+    def _order(self, epoch: int) -> Tensor:
+        if self._epoch_order is None or self._epoch_order[0] != epoch:
+            n = self.data.train_blocks.shape[0]
+            self._epoch_order = (epoch, torch.randperm(n, generator=generator(self.seed, "epoch", epoch)))
+        return self._epoch_order[1]
+
+    def train_batch(self, step: int) -> tuple[Tensor, Tensor]:
+        """Batch number ``step`` (0-based): epoch-wise seeded permutation, seeded MLM masking."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        index = self._order(epoch)[position * self.batch_size : (position + 1) * self.batch_size]
+        return self.masker(self.data.train_blocks[index], generator(self.seed, "mask", step))
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        input_ids, labels = batch
+        return model(input_ids, labels).loss
+
+    def per_sample_output(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        input_ids, labels = batch
+        return model.per_sample_loss(input_ids, labels)
+
+    @staticmethod
+    @torch.no_grad()
+    def _mean_loss(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> float:
+        total, count = 0.0, 0
+        for input_ids, labels in batches:
+            n_masked = int((labels != -100).sum())
+            total += float(model(input_ids, labels).loss) * n_masked
+            count += n_masked
+        return total / max(count, 1)
+
+    def evaluate(self, model: nn.Module, *, full: bool = False) -> dict[str, Any]:
+        """``train_ppl``/``test_ppl``/``delta_ppl`` (``full``: the whole test split, for final figures)."""
+        was_training = model.training
+        model.eval()
+        try:
+            if full and self._test_eval_full is None:
+                self._test_eval_full = fixed_masked_batches(
+                    self.data.test_blocks, self.masker, self.batch_size, seed=self.seed + 2
+                )
+            test_batches = self._test_eval_full if full else self._test_eval
+            train_loss = self._mean_loss(model, self._train_eval)
+            test_loss = self._mean_loss(model, test_batches)
+        finally:
+            model.train(was_training)
+        train_ppl, test_ppl = perplexity(train_loss), perplexity(test_loss)
+        return {
+            "train_eval_loss": train_loss,
+            "test_loss": test_loss,
+            "train_ppl": train_ppl,
+            "test_ppl": test_ppl,
+            "delta_ppl": test_ppl - train_ppl,
+        }

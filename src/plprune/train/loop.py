@@ -1,0 +1,208 @@
+"""A plain PyTorch training loop with callbacks, JSONL metrics, atomic checkpoints and exact resume.
+
+Exact resume: the data order and masking of step s depend only on (seed, s) (see ``Task``), and a
+checkpoint stores model, optimizer, LR schedule, the global torch RNG (dropout), the running loss
+accumulators and every callback's state. Resuming from step s therefore replays steps s+1, ... with
+bit-identical numbers on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from plprune.errors import RunDirError, TrainingDivergedError
+from plprune.tasks.base import Task
+from plprune.train.callbacks import Callback
+from plprune.train.checkpoint import load_checkpoint, save_checkpoint
+from plprune.train.config import TrainConfig
+from plprune.train.lr_schedule import step_decay, warmup_linear_decay
+from plprune.train.metrics import JsonlWriter, perplexity
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def build_lr_schedule(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    if config.optimizer == "adamw":
+
+        def factor(step: int) -> float:
+            return warmup_linear_decay(step, config.warmup_steps, config.steps)
+    else:
+
+        def factor(step: int) -> float:
+            return step_decay(step, config.steps)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Trainer:
+    """Train ``model`` on ``task`` for ``config.steps`` optimizer steps, writing into ``run_dir``.
+
+    ``run_dir`` receives ``metrics.jsonl`` (one record per evaluation) and ``checkpoint.pt``.
+    Callbacks see the trainer (``model``, ``optimizer``, ``task``, ``config``, ``step``) at each hook.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        config: TrainConfig,
+        run_dir: Path,
+        callbacks: Sequence[Callback] = (),
+        progress: bool = True,
+    ) -> None:
+        self.model = model
+        self.task = task
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.optimizer = build_optimizer(model, config)
+        self.lr_schedule = build_lr_schedule(self.optimizer, config)
+        self.metrics = JsonlWriter(self.run_dir / METRICS_NAME)
+        self.step = 0
+        self.elapsed = 0.0  # training wall time (s), carried across resumes
+        self._loss_sum = 0.0
+        self._loss_count = 0
+        self.history: list[dict[str, Any]] = []
+
+    # -- checkpointing -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "loss_sum": self._loss_sum,
+            "loss_count": self._loss_count,
+            "callbacks": {key: cb.state_dict() for key, cb in self._callback_keys()},
+        }
+
+    def save(self) -> Path:
+        path = self.run_dir / CHECKPOINT_NAME
+        save_checkpoint(path, self.state_dict())
+        return path
+
+    def resume(self) -> None:
+        """Restore everything from ``run_dir/checkpoint.pt`` and drop metrics logged after it."""
+        state = load_checkpoint(self.run_dir / CHECKPOINT_NAME)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.elapsed = float(state["elapsed"])
+        self._loss_sum = float(state["loss_sum"])
+        self._loss_count = int(state["loss_count"])
+        saved = state["callbacks"]
+        for key, callback in self._callback_keys():
+            if key in saved:
+                callback.load_state_dict(saved[key])
+            elif callback.state_dict():
+                raise RunDirError(f"the checkpoint has no state for callback {key}; cannot resume it exactly")
+        self.metrics.truncate_after(self.step)
+
+    def _callback_keys(self) -> list[tuple[str, Callback]]:
+        """Stable names for callback states: class name plus occurrence number."""
+        seen: dict[str, int] = {}
+        keys = []
+        for callback in self.callbacks:
+            name = type(callback).__name__
+            keys.append((f"{name}#{seen.get(name, 0)}", callback))
+            seen[name] = seen.get(name, 0) + 1
+        return keys
+
+    # -- training ------------------------------------------------------------------------------
+    def _emit(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    def evaluate(self, *, full: bool = False) -> dict[str, Any]:
+        """Evaluate now and log a record (step, epoch, train loss/PPL, test PPL, ΔPPL, lr, wall time)."""
+        train_loss = self._loss_sum / self._loss_count if self._loss_count else float("nan")
+        record: dict[str, Any] = {
+            "step": self.step,
+            "epoch": self.step / self.task.steps_per_epoch,
+            "train_loss": train_loss,
+            "train_loss_ppl": perplexity(train_loss) if self._loss_count else float("nan"),
+        }
+        record.update(self.task.evaluate(self.model, full=full))
+        record["lr"] = self.optimizer.param_groups[0]["lr"]
+        record["wall_time"] = self.elapsed
+        record["final"] = full
+        self._emit("on_evaluate", record)
+        self.metrics.write(record)
+        self.history.append(record)
+        self._loss_sum, self._loss_count = 0.0, 0
+        return record
+
+    def _train_step(self) -> float:
+        self.model.train()
+        batch = self.task.train_batch(self.step)
+        loss = self.task.loss(self.model, batch)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"training loss became {float(loss)} at step {self.step + 1}; lower --lr or use --grad-clip"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self._emit("on_after_backward", self.step)
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.lr_schedule.step()
+        return float(loss.detach())
+
+    def fit(self) -> dict[str, Any]:
+        """Run the remaining steps; return the final full evaluation record."""
+        config = self.config
+        self._emit("on_train_start")
+        progress = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", leave=False)
+        try:
+            while self.step < config.steps:
+                started = time.perf_counter()
+                self._emit("on_step_start", self.step)
+                loss = self._train_step()
+                self.step += 1
+                self._emit("on_step_end", self.step)
+                self.elapsed += time.perf_counter() - started
+                self._loss_sum += loss
+                self._loss_count += 1
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{loss:.3f}")
+                if self.step % config.eval_every == 0 and self.step < config.steps:
+                    self.evaluate()
+                if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                    self.save()
+        finally:
+            if progress is not None:
+                progress.close()
+        final = self.evaluate(full=True)
+        self.save()
+        self._emit("on_train_end")
+        if not math.isfinite(final["test_ppl"]):
+            raise TrainingDivergedError(f"final test perplexity is {final['test_ppl']}")
+        return final
