@@ -96,6 +96,21 @@ class GroupSet:
         finally:
             self.clear_soft_gates()
 
+    def check_ratio(self, ratio: float) -> None:
+        """Raise if pruning a fraction ``ratio`` of every kind would have to empty a layer."""
+        from plprune.gating import prune_count
+
+        for kind in self.kinds:
+            index = self.kind_index(kind)
+            layers = len(torch.unique(self.layer_ids[index]))
+            keep = len(index) - prune_count(len(index), ratio)
+            if keep < layers:
+                raise PlpruneError(
+                    f"prune ratio {ratio} keeps {keep} of {len(index)} {kind}s, but each of the {layers} "
+                    f"layers keeps at least one (protected group); the largest allowed ratio keeps {layers}"
+                    f" ({(len(index) - layers) / len(index):.3f} here), so this would remove a protected group"
+                )
+
     # -- hard masks ------------------------------------------------------------------------------
     def check_protection(self, mask: Tensor) -> None:
         """Raise if ``mask`` leaves some layer with no group (paper App. E.3)."""

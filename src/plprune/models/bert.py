@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
+from plprune.models.layers import LayerNorm
 from plprune.validation import check_positive_int, check_probability
 
 IGNORE_INDEX = -100
@@ -138,9 +139,9 @@ class TransformerLayer(nn.Module):
         super().__init__()
         self.pre_layer_norm = config.pre_layer_norm
         self.attention = MultiHeadSelfAttention(config)
-        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.feed_forward = feed_forward if feed_forward is not None else FeedForward(config)
-        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -164,15 +165,15 @@ class BertForMaskedLM(nn.Module):
         hidden = config.hidden_size
         self.token_embedding = nn.Embedding(config.vocab_size, hidden)
         self.position_embedding = nn.Embedding(config.max_length, hidden)
-        self.embedding_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.embedding_norm = LayerNorm(hidden, eps=config.layer_norm_eps)
         self.embedding_dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(
             TransformerLayer(config, feed_forward_factory(config, i) if feed_forward_factory else None)
             for i in range(config.num_layers)
         )
-        self.final_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps) if config.pre_layer_norm else None
+        self.final_norm = LayerNorm(hidden, eps=config.layer_norm_eps) if config.pre_layer_norm else None
         self.head_transform = nn.Linear(hidden, hidden)
-        self.head_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.head_norm = LayerNorm(hidden, eps=config.layer_norm_eps)
         self.decoder_bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.apply(self._init_weights)
 
@@ -182,7 +183,7 @@ class BertForMaskedLM(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
-        if isinstance(module, nn.LayerNorm):
+        if isinstance(module, LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 

@@ -125,6 +125,8 @@ class PruningCallback(Callback):
         self.groups = groups
         self.scorer = scorer
         self.schedule = schedule
+        for event in schedule.events():
+            groups.check_ratio(event.ratio)
         self.seed = seed
         self.diagnostics = diagnostics
         self.log_path = Path(log_path) if log_path else None
