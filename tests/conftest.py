@@ -11,6 +11,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_WIKITEXT = REPO_ROOT.parent / "shared" / "data" / "wikitext-2"
 
 
+# Tests use tiny models: one thread avoids OpenMP over-subscription when other jobs share the cores.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)

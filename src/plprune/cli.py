@@ -40,7 +40,7 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
     ("--checkpoint-every", "train", "checkpoint_every", int, "checkpoint every N steps; 0: only at the end"),
     ("--eval-batches", "train", "eval_batches", int, "batches per periodic evaluation (default 8)"),
     ("--seed", "train", "seed", int, "seed of initialisation, data order and masking (default 0)"),
-    ("--method", "prune", "method", str, "dense (default: no pruning) or pl"),
+    ("--method", "prune", "method", str, "dense (default: no pruning), pl, or random (sanity floor)"),
     ("--prune-ratio", "prune", "ratio", float, "final fraction of groups removed, in [0, 1) (default 0.75)"),
     ("--schedule", "prune", "schedule", str, "one-shot (default), at-init, linear or iterative"),
     ("--prune-at", "prune", "prune_at", str, "when pruning starts: steps (800) or epochs (5e); default 5e"),

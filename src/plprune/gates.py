@@ -107,8 +107,8 @@ class GroupSet:
             if keep < layers:
                 raise PlpruneError(
                     f"prune ratio {ratio} keeps {keep} of {len(index)} {kind}s, but each of the {layers} "
-                    f"layers keeps at least one (protected group); the largest allowed ratio keeps {layers}"
-                    f" ({(len(index) - layers) / len(index):.3f} here), so this would remove a protected group"
+                    "layers keeps at least one, so it would remove a protected group; the largest allowed "
+                    f"ratio here is {(len(index) - layers) / len(index):.3f}"
                 )
 
     # -- hard masks ------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ class ModelConfig:
             raise PlpruneError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
 
 
-METHODS = ("dense", "pl")
+METHODS = ("dense", "pl", "random")
 
 
 @dataclass

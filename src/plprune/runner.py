@@ -62,6 +62,7 @@ def build_pruning_callback(
     from plprune.gates import GroupSet
     from plprune.pruners.base import Diagnostics, PruningCallback
     from plprune.pruners.pl import PLScorer
+    from plprune.pruners.random import RandomScorer
     from plprune.schedules import build_schedule, parse_time
 
     prune = config.prune
@@ -81,7 +82,7 @@ def build_pruning_callback(
     )
     schedule.validate(config.train.steps)
     groups = GroupSet(model, kinds=prune.kinds)
-    scorer = PLScorer(prune.pl)
+    scorer = PLScorer(prune.pl) if prune.method == "pl" else RandomScorer()
     diagnostics = Diagnostics() if prune.diagnostics else None
     return PruningCallback(groups, scorer, schedule, seed=config.train.seed, diagnostics=diagnostics)
 

@@ -50,7 +50,8 @@ class PLConfig:
     probe_distribution: str = "rademacher"
     hessian_scalar: str = "loss"
     feature_samples: int = 16
-    chunk_size: int | None = None
+    # per-sample loop: on CPU faster than vmap, which holds n × T × V logits at once (helper timing)
+    chunk_size: int | None = 1
     scale_to_mean_one: bool = True
     log_min_eigenvalue: bool = True
 
