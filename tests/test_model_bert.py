@@ -95,3 +95,16 @@ def test_configuration_errors_are_clear() -> None:
         model.attention_layers[0].set_head_gate(torch.ones(3))
     with pytest.raises(PlpruneError, match="exceeds max_length"):
         model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_per_sample_true_logit_matches_a_hand_computation() -> None:
+    model = tiny_model()
+    ids, labels = batch()
+    logits = model(ids).logits  # (B, T, V)
+    expected = []
+    for b in range(ids.shape[0]):
+        positions = (labels[b] != -100).nonzero().flatten().tolist()
+        expected.append(sum(float(logits[b, t, labels[b, t]]) for t in positions) / len(positions))
+    torch.testing.assert_close(
+        model.per_sample_true_logit(ids, labels), torch.tensor(expected), rtol=1e-5, atol=1e-5
+    )

@@ -148,3 +148,52 @@ def test_pl_config_validation() -> None:
         PLConfig(num_probes=0)
     with pytest.raises(PlpruneError, match="hessian_scalar"):
         PLConfig(hessian_scalar="weights")
+
+
+def test_kernel_output_option_changes_the_features(tiny_task) -> None:
+    model, task = tiny_task
+    groups = GroupSet(model, kinds=("head",))
+    logs = {}
+    for kind in ("loss", "logit"):
+        context = PruneContext(groups, task, step=0, ratio=0.5, event_index=0, seed=0)
+        PLScorer(PLConfig(gate_steps=0, feature_samples=4, kernel_output=kind)).scores(context)
+        logs[kind] = context.log["features"]["min_eigenvalue"]
+    assert logs["loss"] != logs["logit"]
+
+
+def test_nan_objective_in_every_gate_batch_is_a_clear_error(tiny_task, monkeypatch) -> None:
+    from plprune.errors import TrainingDivergedError
+
+    model, task = tiny_task
+    groups = GroupSet(model, kinds=("head",))
+    monkeypatch.setattr(task, "loss", lambda m, b: m(*b).loss * float("nan"))
+    context = PruneContext(groups, task, step=0, ratio=0.5, event_index=0, seed=0)
+    with pytest.raises(TrainingDivergedError, match="NaN/Inf"):
+        PLScorer(PLConfig(gate_steps=2, feature_samples=4)).scores(context)
+    assert all(site.module.head_gate is None for site in groups.sites)
+
+
+def test_readme_own_loop_example(tiny_task) -> None:
+    """The ≤10-line integration shown in README.md, run as written (with a tiny task)."""
+    from plprune.gates import GroupSet
+    from plprune.pruners import PLConfig, PLScorer, PruneContext, select_mask
+
+    model, task = tiny_task
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    prune_step = 2
+    groups = GroupSet(model, kinds=("head",))
+    for step, batch in enumerate(task.train_batch(s) for s in range(5)):
+        if step == prune_step:
+            context = PruneContext(groups, task, step, ratio=0.75, event_index=0, seed=0)
+            groups.apply_mask(select_mask(groups, PLScorer(PLConfig(gate_steps=2)).scores(context), 0.75))
+        loss = task.loss(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        groups.mask_gradients()
+        optimizer.step()
+        groups.enforce()
+    assert groups.pruned_ratio("head") == 0.75
+    params = dict(model.named_parameters())
+    for index in (~groups.mask).nonzero().flatten().tolist():
+        for piece in groups.groups[index].slices:
+            assert torch.count_nonzero(piece.select(params[piece.param_name])) == 0

@@ -59,6 +59,13 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
     ("--num-probes", "pl", "num_probes", int, "PL: Hutchinson probes per batch (default 1)"),
     ("--hessian-scalar", "pl", "hessian_scalar", str, "PL: loss (default) or logits (Alg. 1's f)"),
     ("--feature-samples", "pl", "feature_samples", int, "PL: samples n of the tangent kernels (default 16)"),
+    (
+        "--kernel-output",
+        "pl",
+        "kernel_output",
+        str,
+        "PL: per-sample scalar of the kernels: loss (default) or logit",
+    ),
 ]
 
 

@@ -238,6 +238,15 @@ class BertForMaskedLM(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
         return MaskedLMOutput(logits=logits, loss=loss)
 
+    def per_sample_true_logit(
+        self, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Mean logit of the true token over each sample's masked positions, shape ``(B,)``; vmap-safe."""
+        logits = self.lm_logits(self.encode(input_ids, attention_mask))
+        selected = (labels != IGNORE_INDEX).to(logits.dtype)
+        true_logit = logits.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)  # (B, T)
+        return (true_logit * selected).sum(dim=1) / selected.sum(dim=1).clamp_min(1.0)
+
     def per_sample_loss(
         self, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None
     ) -> Tensor:

@@ -16,6 +16,7 @@ logits, literally Alg. 1's ``f``), w.r.t. the group weights (attention Q/K/V/O, 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -49,6 +50,7 @@ class PLConfig:
     num_probes: int = 1
     probe_distribution: str = "rademacher"
     hessian_scalar: str = "loss"
+    kernel_output: str = "loss"
     feature_samples: int = 16
     # per-sample loop: on CPU faster than vmap, which holds n × T × V logits at once (helper timing)
     chunk_size: int | None = 1
@@ -63,6 +65,7 @@ class PLConfig:
         check_positive_int("num_probes", self.num_probes)
         check_choice("probe distribution", self.probe_distribution, ("rademacher", "gaussian"))
         check_choice("hessian_scalar", self.hessian_scalar, HESSIAN_SCALARS)
+        check_choice("kernel_output", self.kernel_output, ("loss", "logit"))
         check_positive_int("feature_samples", self.feature_samples)
         if self.chunk_size is not None:
             check_positive_int("chunk_size", self.chunk_size)
@@ -96,7 +99,7 @@ class PLScorer(GroupScorer):
             features = compute_group_features(
                 model,
                 groups.groups,
-                context.task.per_sample_output,
+                functools.partial(context.task.per_sample_output, kind=cfg.kernel_output),
                 self._feature_batch(context),
                 chunk_size=cfg.chunk_size,
             )

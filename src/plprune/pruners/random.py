@@ -15,4 +15,6 @@ class RandomScorer(GroupScorer):
     name = "random"
 
     def scores(self, context: PruneContext) -> Tensor:
-        return torch.rand(len(context.groups), generator=generator(context.seed, "random", context.event_index))
+        return torch.rand(
+            len(context.groups), generator=generator(context.seed, "random", context.event_index)
+        )

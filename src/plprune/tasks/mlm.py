@@ -16,7 +16,9 @@ from plprune.data import MlmData, MlmMasker, fixed_masked_batches
 from plprune.errors import DataError
 from plprune.seeding import generator
 from plprune.train.metrics import perplexity
-from plprune.validation import check_positive_int
+from plprune.validation import check_choice, check_positive_int
+
+KERNEL_OUTPUTS = ("loss", "logit")
 
 
 class MlmTask:
@@ -66,8 +68,12 @@ class MlmTask:
         input_ids, labels = batch
         return model(input_ids, labels).loss
 
-    def per_sample_output(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+    def per_sample_output(self, model: nn.Module, batch: tuple[Tensor, ...], kind: str = "loss") -> Tensor:
+        """Per-sample masked-token loss (``kind="loss"``) or mean true-token logit (``"logit"``)."""
         input_ids, labels = batch
+        check_choice("kernel output", kind, KERNEL_OUTPUTS)
+        if kind == "logit":
+            return model.per_sample_true_logit(input_ids, labels)
         return model.per_sample_loss(input_ids, labels)
 
     @staticmethod
