@@ -26,8 +26,14 @@ BASE = {
     "task": "bert-wikitext2",
     "data": {"seq_len": 128, "min_freq": 2},
     "model": {"layers": 4, "hidden": 128, "heads": 8, "ffn": 512},
-    "train": {"steps": 2500, "batch_size": 16, "lr": 5e-4, "eval_every": 250, "eval_batches": 40,
-              "checkpoint_every": 500},
+    "train": {
+        "steps": 2500,
+        "batch_size": 16,
+        "lr": 5e-4,
+        "eval_every": 250,
+        "eval_batches": 40,
+        "checkpoint_every": 500,
+    },
     "prune": {"ratio": 0.75, "schedule": "one-shot", "prune_at": "5e"},
 }
 
@@ -36,10 +42,19 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "dense": ("no pruning", {"method": "dense"}),
     "pl": ("PL, defaults (α=1, loss Hessian, mean-1 gates, 10 gate batches)", {"method": "pl"}),
     "random": ("75% of heads removed at random (same schedule)", {"method": "random"}),
-    "pl-alpha0": ("PL without the trace term (α=0): loss-only gate training", {"method": "pl", "pl": {"alpha": 0.0}}),
+    "pl-alpha0": (
+        "PL without the trace term (α=0): loss-only gate training",
+        {"method": "pl", "pl": {"alpha": 0.0}},
+    ),
     "pl-alpha10": ("PL with α=10", {"method": "pl", "pl": {"alpha": 10.0}}),
-    "pl-logits": ("PL, Hessian of summed logits (Alg. 1's f)", {"method": "pl", "pl": {"hessian_scalar": "logits"}}),
-    "pl-rawsoftmax": ("PL with a raw softmax (gates sum to 1)", {"method": "pl", "pl": {"scale_to_mean_one": False}}),
+    "pl-logits": (
+        "PL, Hessian of summed logits (Alg. 1's f)",
+        {"method": "pl", "pl": {"hessian_scalar": "logits"}},
+    ),
+    "pl-rawsoftmax": (
+        "PL with a raw softmax (gates sum to 1)",
+        {"method": "pl", "pl": {"scale_to_mean_one": False}},
+    ),
     "pl-early": ("PL pruning at epoch 1", {"method": "pl", "prune_at": "1e"}),
     "pl-late": ("PL pruning at epoch 12", {"method": "pl", "prune_at": "12e"}),
 }
@@ -75,7 +90,9 @@ def _run_one(job: tuple[str, int, dict[str, Any], str]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data-dir", default=os.environ.get("PLPRUNE_DATA_DIR", "../shared/data/wikitext-2"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pl_bert"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -97,8 +114,14 @@ def main() -> None:
                 import shutil
 
                 shutil.rmtree(run_dir)  # started but never checkpointed: start again
-            jobs.append((variant, seed, run_config(variant, seed, str(Path(args.data_dir).resolve()), args.steps),
-                         str(run_dir)))
+            jobs.append(
+                (
+                    variant,
+                    seed,
+                    run_config(variant, seed, str(Path(args.data_dir).resolve()), args.steps),
+                    str(run_dir),
+                )
+            )
     if jobs and not args.report_only:
         print(f"{len(jobs)} runs to do with {args.workers} workers", flush=True)
         with mp.get_context("spawn").Pool(args.workers) as pool:
@@ -108,11 +131,15 @@ def main() -> None:
 
     meta = {
         "command": " ".join(sys.argv),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "threads_per_run": 1,
-                    "workers": args.workers},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "threads_per_run": 1,
+            "workers": args.workers,
+        },
         "base_config": BASE,
         "variants": {k: v[0] for k, v in VARIANTS.items()},
-        "data": "WikiText-2: trained on valid.txt, evaluated on test.txt (training split not available offline)",
+        "data": "WikiText-2: trained on valid.txt, evaluated on test.txt (no training split offline)",
     }
     write_report(args.out, args.variants, args.seeds, meta)
 

@@ -60,29 +60,41 @@ def summarise(runs: dict[str, dict[int, dict]]) -> tuple[list[dict[str, Any]], l
     for variant, by_seed in runs.items():
         row: dict[str, Any] = {"method": variant, "seeds": len(by_seed)}
         for step in checkpoints:
-            row[f"train PPL @{step}"] = _fmt([_at_step(s["history"], step, "train_ppl") for s in by_seed.values()])
+            row[f"train PPL @{step}"] = _fmt(
+                [_at_step(s["history"], step, "train_ppl") for s in by_seed.values()]
+            )
         tests = [s["final"]["test_ppl"] for s in by_seed.values()]
         row["test PPL"] = _fmt(tests)
         row["ΔPPL"] = _fmt([s["final"]["delta_ppl"] for s in by_seed.values()])
-        walls = [s["final"]["wall_time"] - s["final"].get("diagnostics_seconds", 0.0) for s in by_seed.values()]
+        walls = [
+            s["final"]["wall_time"] - s["final"].get("diagnostics_seconds", 0.0) for s in by_seed.values()
+        ]
         row["train wall (s)"] = _fmt(walls, 0)
         prune = [s["final"].get("prune_seconds", 0.0) for s in by_seed.values()]
         row["pruning overhead %"] = _fmt([100 * p / w for p, w in zip(prune, walls, strict=True)])
         if dense:
-            ratios = [s["final"]["test_ppl"] / dense[seed]["final"]["test_ppl"]
-                      for seed, s in by_seed.items() if seed in dense]
+            ratios = [
+                s["final"]["test_ppl"] / dense[seed]["final"]["test_ppl"]
+                for seed, s in by_seed.items()
+                if seed in dense
+            ]
             row["test PPL / dense (paired)"] = _fmt(ratios, 3)
             reach = [_steps_to_reach(s["history"], dense_target) for s in by_seed.values()]
             reached = [r / total for r in reach if r is not None]
             row["steps to dense test PPL (× total)"] = (
-                f"{_fmt(reached)} ({len(reached)}/{len(reach)} reach)" if reached else f"not reached (0/{len(reach)})"
+                f"{_fmt(reached)} ({len(reached)}/{len(reach)} reach)"
+                if reached
+                else f"not reached (0/{len(reach)})"
             )
         rows.append(row)
         per_run[variant] = {
             str(seed): {
                 "final": s["final"],
                 "pruning_events": [
-                    {k: e.get(k) for k in ("step", "ratio", "before", "after", "scoring_seconds", "mask", "gates")}
+                    {
+                        k: e.get(k)
+                        for k in ("step", "ratio", "before", "after", "scoring_seconds", "mask", "gates")
+                    }
                     for e in s.get("pruning_events", [])
                 ],
             }
@@ -137,7 +149,9 @@ def plot_head_heatmap(summary: dict, path: Path, layers: int, heads: int) -> Non
     for layer in range(layers):
         for head in range(heads):
             if mask[layer, head]:
-                ax.text(head, layer, "kept", ha="center", va="center", color="white", fontsize=8, weight="bold")
+                ax.text(
+                    head, layer, "kept", ha="center", va="center", color="white", fontsize=8, weight="bold"
+                )
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_title(f"log10 cond(K_head) at step {event['step']}; PL kept {int(mask.sum())}/{mask.size}")
@@ -153,11 +167,20 @@ def write_report(out: Path, variants: list[str], seeds: list[int], meta: dict[st
         print("no finished runs yet")
         return
     rows, checkpoints, per_run = summarise(runs)
-    columns = ["method", "seeds", *[f"train PPL @{s}" for s in checkpoints], "test PPL", "ΔPPL",
-               "train wall (s)", "pruning overhead %"]
+    columns = [
+        "method",
+        "seeds",
+        *[f"train PPL @{s}" for s in checkpoints],
+        "test PPL",
+        "ΔPPL",
+        "train wall (s)",
+        "pruning overhead %",
+    ]
     if "dense" in runs:
         columns += ["test PPL / dense (paired)", "steps to dense test PPL (× total)"]
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "runs": per_run}, indent=2) + "\n")
+    (out / "results.json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "runs": per_run}, indent=2) + "\n"
+    )
     with (out / "results.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
@@ -166,27 +189,34 @@ def write_report(out: Path, variants: list[str], seeds: list[int], meta: dict[st
     base = meta["base_config"]
     if "pl" in runs:
         first_seed = min(runs["pl"])
-        plot_head_heatmap(runs["pl"][first_seed], out / "heads_condition_heatmap.png",
-                          base["model"]["layers"], base["model"]["heads"])
+        plot_head_heatmap(
+            runs["pl"][first_seed],
+            out / "heads_condition_heatmap.png",
+            base["model"]["layers"],
+            base["model"]["heads"],
+        )
     curvature = []
     for variant, by_seed in runs.items():
         events = [e for s in by_seed.values() for e in s.get("pruning_events", []) if "before" in e]
         if events:
-            curvature.append({
-                "method": variant,
-                "NTK cond before": _fmt([e["before"]["ntk_condition_number"] for e in events], 0),
-                "NTK cond after": _fmt([e["after"]["ntk_condition_number"] for e in events], 0),
-                "Tr(H) before": _fmt([e["before"]["hessian_trace"] for e in events], 3),
-                "Tr(H) after": _fmt([e["after"]["hessian_trace"] for e in events], 3),
-            })
+            curvature.append(
+                {
+                    "method": variant,
+                    "NTK cond before": _fmt([e["before"]["ntk_condition_number"] for e in events], 0),
+                    "NTK cond after": _fmt([e["after"]["ntk_condition_number"] for e in events], 0),
+                    "Tr(H) before": _fmt([e["before"]["hessian_trace"] for e in events], 3),
+                    "Tr(H) after": _fmt([e["after"]["hessian_trace"] for e in events], 3),
+                }
+            )
     lines = [
         "# Dense vs PL pruning of BERT heads on WikiText-2 (CPU scale)",
         "",
         f"Data: {meta['data']}. Model: {base['model']}, sequence {base['data']['seq_len']}, batch "
-        f"{base['train']['batch_size']}, {base['train']['steps']} steps (see results.json for the full config).",
-        f"Pruning: {int(base['prune']['ratio'] * 100)}% of the 32 heads, one-shot at {base['prune']['prune_at']} "
-        "(paper: epoch 5, 75%).",
-        f"Seeds: {seeds}; mean ± std over seeds. Train PPL: eval-mode PPL on a fixed sample of training blocks; "
+        f"{base['train']['batch_size']}, {base['train']['steps']} steps (full config: results.json).",
+        f"Pruning: {int(base['prune']['ratio'] * 100)}% of the 32 heads, one-shot at "
+        f"{base['prune']['prune_at']} (paper: epoch 5, 75%).",
+        f"Seeds: {seeds}; mean ± std over seeds. Train PPL: eval-mode PPL on a fixed sample of training "
+        "blocks; "
         "test PPL: the whole test split at the end. Wall time: training steps incl. pruning work, excl. "
         "evaluation and optional diagnostics.",
         "",
@@ -201,8 +231,12 @@ def write_report(out: Path, variants: list[str], seeds: list[int], meta: dict[st
         "",
     ]
     if curvature:
-        lines += ["## Curvature around the pruning event (group weights; 16 samples, 8 probes)", "",
-                  format_table(curvature, list(curvature[0]), markdown=True), ""]
+        lines += [
+            "## Curvature around the pruning event (group weights; 16 samples, 8 probes)",
+            "",
+            format_table(curvature, list(curvature[0]), markdown=True),
+            "",
+        ]
     lines += ["![curves](curves.png)", ""]
     if (out / "heads_condition_heatmap.png").exists():
         lines += ["![heat map](heads_condition_heatmap.png)", ""]

@@ -40,7 +40,9 @@ def time_steps(model, task, optimizer, logits_at: str, steps: int, warmup: int =
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data-dir", default=os.environ.get("PLPRUNE_DATA_DIR", "../shared/data/wikitext-2"))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/throughput.json"))
@@ -57,10 +59,16 @@ def main() -> None:
     results = {}
     for logits_at in ("masked", "all"):
         torch.manual_seed(0)
-        model = BertForMaskedLM(BertConfig(
-            vocab_size=tokenizer.vocab_size, hidden_size=m.hidden, num_layers=m.layers, num_heads=m.heads,
-            ffn_size=m.ffn, max_length=config.data.seq_len,
-        )).train()
+        model = BertForMaskedLM(
+            BertConfig(
+                vocab_size=tokenizer.vocab_size,
+                hidden_size=m.hidden,
+                num_layers=m.layers,
+                num_heads=m.heads,
+                ffn_size=m.ffn,
+                max_length=config.data.seq_len,
+            )
+        ).train()
         times = time_steps(model, task, build_optimizer(model, config.train), logits_at, args.steps)
         tokens = config.train.batch_size * config.data.seq_len
         results[logits_at] = {
@@ -69,16 +77,27 @@ def main() -> None:
             "tokens_per_second": tokens / statistics.median(times),
             "steps_timed": len(times),
         }
-        print(f"logits at {logits_at:6s}: {statistics.median(times) * 1000:.0f} ms/step, "
-              f"{tokens / statistics.median(times):,.0f} tokens/s")
+        print(
+            f"logits at {logits_at:6s}: {statistics.median(times) * 1000:.0f} ms/step, "
+            f"{tokens / statistics.median(times):,.0f} tokens/s"
+        )
     record = {
-        "config": {"model": config.model.__dict__, "seq_len": config.data.seq_len,
-                   "batch_size": config.train.batch_size, "vocab_size": tokenizer.vocab_size},
+        "config": {
+            "model": config.model.__dict__,
+            "seq_len": config.data.seq_len,
+            "batch_size": config.train.batch_size,
+            "vocab_size": tokenizer.vocab_size,
+        },
         "parameters": sum(p.numel() for p in model.parameters()),
         "results": results,
-        "masked_only_speedup": results["all"]["step_seconds_median"] / results["masked"]["step_seconds_median"],
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform(), "torch": torch.__version__},
+        "masked_only_speedup": results["all"]["step_seconds_median"]
+        / results["masked"]["step_seconds_median"],
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
         "data": "WikiText-2 valid.txt (used as the training split)",
     }
     (tmp / "throughput-tokenizer.json").unlink(missing_ok=True)
