@@ -141,25 +141,56 @@ DEMO_CONFIG = {
     "task": "bert-pydoc",
     "data": {"seq_len": 64, "min_freq": 2},
     "model": {"layers": 2, "hidden": 64, "heads": 4, "ffn": 256},
-    "train": {"steps": 300, "batch_size": 16, "lr": 1e-3, "eval_every": 50, "checkpoint_every": 0},
+    "train": {"steps": 400, "batch_size": 16, "lr": 1e-3, "eval_every": 100, "checkpoint_every": 0},
+    "prune": {"ratio": 0.5, "prune_at": "1e", "pl": {"gate_steps": 5, "feature_samples": 8}},
 }
+
+
+def _demo_row(method: str, summary: dict[str, Any]) -> dict[str, Any]:
+    final = summary["final"]
+    kept = "8/8"
+    events = summary.get("pruning_events") or []
+    if events:
+        mask = events[-1]["mask"]
+        kept = f"{sum(mask)}/{len(mask)}"
+    return {
+        "method": method,
+        "heads kept": kept,
+        "train PPL": final["train_ppl"],
+        "test PPL": final["test_ppl"],
+        "ΔPPL": final["delta_ppl"],
+        "train time (s)": final["wall_time"] - final.get("diagnostics_seconds", 0.0),
+        "pruning (s)": final.get("prune_seconds", 0.0),
+    }
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from plprune.runner import train_run
+    from plprune.table import format_table
 
     out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    config = RunConfig.from_dict(DEMO_CONFIG)
+    base = RunConfig.from_dict(DEMO_CONFIG)
     if args.steps is not None:
-        config = config.with_overrides({"train": {"steps": args.steps}})
-    print("plprune demo: BERT masked-LM on CPython's bundled pydoc text (no download)")
+        base = base.with_overrides({"train": {"steps": args.steps, "eval_every": max(1, args.steps // 4)}})
+    print("plprune demo: BERT masked-LM on CPython's bundled pydoc help text (no download)")
     print(
-        f"  {config.model.layers} layers, hidden {config.model.hidden}, {config.model.heads} heads, "
-        f"{config.train.steps} steps; writing {out}\n"
+        f"  {base.model.layers} layers x {base.model.heads} heads, hidden {base.model.hidden}, "
+        f"{base.train.steps} steps; dense vs PL with {int(base.prune.ratio * 100)}% of heads pruned at "
+        f"epoch {base.prune.prune_at.rstrip('e')}; writing {out}/\n"
     )
-    summary = train_run(config, out, progress=not args.no_progress)
-    print(_history_table(summary["history"]))
-    print(f"\n{summary['parameters']:,} parameters; last row = full held-out split. Run dir: {out}")
+    rows = []
+    for method in ("dense", "pl"):
+        config = base.with_overrides({"prune": {"method": method}})
+        summary = train_run(config, out / method, progress=not args.no_progress)
+        rows.append(_demo_row(method, summary))
+        print(f"--- {method} ---")
+        print(_history_table(summary["history"]))
+        print()
+    print(format_table(rows, list(rows[0])))
+    print(
+        "\nTrain/test PPL: masked-token perplexity on training / held-out pydoc topics (last row: whole "
+        f"held-out split). Per-event details (kernel features, gates, mask): {out}/pl/pruning.jsonl"
+    )
     return 0
 
 
@@ -180,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=cmd_train)
 
-    demo = sub.add_parser("demo", help="a short offline training run with a results table (about a minute)")
+    demo = sub.add_parser("demo", help="dense vs PL on offline text, with a results table (about a minute)")
     demo.add_argument("--out", type=Path, help="run directory (default runs/demo-TIMESTAMP)")
     demo.add_argument("--steps", type=int, help="override the demo's number of steps")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
