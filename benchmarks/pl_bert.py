@@ -29,7 +29,7 @@ BASE = {
     "train": {
         "steps": 2500,
         "batch_size": 16,
-        "lr": 5e-4,
+        "lr": 1e-3,
         "eval_every": 250,
         "eval_batches": 40,
         "checkpoint_every": 500,
@@ -67,8 +67,11 @@ def run_config(variant: str, seed: int, data_dir: str, steps: int | None) -> dic
     if steps:
         config["train"]["steps"] = steps
         config["train"]["eval_every"] = max(1, steps // 10)
+        config["prune"]["prune_at"] = str(steps // 5)  # smoke runs: prune early enough to fit
     overrides = json.loads(json.dumps(VARIANTS[variant][1]))
     pl = overrides.pop("pl", {})
+    if steps:
+        overrides.pop("prune_at", None)
     config["prune"].update(overrides)
     config["prune"]["pl"] = pl
     return config
@@ -97,6 +100,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pl_bert"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=["dense", "pl", "random"], choices=list(VARIANTS))
+    parser.add_argument(
+        "--ablations",
+        nargs="*",
+        default=[],
+        choices=list(VARIANTS),
+        help="variants run on the first seed only",
+    )
     parser.add_argument("--steps", type=int, help="override the number of steps (smoke tests)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--report-only", action="store_true")
@@ -105,23 +115,24 @@ def main() -> None:
     runs_dir = args.out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     jobs = []
-    for seed in args.seeds:
-        for variant in args.variants:
-            run_dir = runs_dir / f"{variant}-s{seed}"
-            if (run_dir / "summary.json").exists():
-                continue
-            if run_dir.exists() and not (run_dir / "checkpoint.pt").exists():
-                import shutil
+    plan = [(seed, variant) for seed in args.seeds for variant in args.variants]
+    plan += [(args.seeds[0], variant) for variant in args.ablations if variant not in args.variants]
+    for seed, variant in plan:
+        run_dir = runs_dir / f"{variant}-s{seed}"
+        if (run_dir / "summary.json").exists():
+            continue
+        if run_dir.exists() and not (run_dir / "checkpoint.pt").exists():
+            import shutil
 
-                shutil.rmtree(run_dir)  # started but never checkpointed: start again
-            jobs.append(
-                (
-                    variant,
-                    seed,
-                    run_config(variant, seed, str(Path(args.data_dir).resolve()), args.steps),
-                    str(run_dir),
-                )
+            shutil.rmtree(run_dir)  # started but never checkpointed: start again
+        jobs.append(
+            (
+                variant,
+                seed,
+                run_config(variant, seed, str(Path(args.data_dir).resolve()), args.steps),
+                str(run_dir),
             )
+        )
     if jobs and not args.report_only:
         print(f"{len(jobs)} runs to do with {args.workers} workers", flush=True)
         with mp.get_context("spawn").Pool(args.workers) as pool:
@@ -141,7 +152,7 @@ def main() -> None:
         "variants": {k: v[0] for k, v in VARIANTS.items()},
         "data": "WikiText-2: trained on valid.txt, evaluated on test.txt (no training split offline)",
     }
-    write_report(args.out, args.variants, args.seeds, meta)
+    write_report(args.out, [*args.variants, *args.ablations], args.seeds, meta)
 
 
 if __name__ == "__main__":

@@ -186,7 +186,9 @@ def write_report(out: Path, variants: list[str], seeds: list[int], meta: dict[st
         writer.writeheader()
         writer.writerows([{c: r.get(c, "") for c in columns} for r in rows])
     plot_curves(runs, out / "curves.png")
-    base = meta["base_config"]
+    first = next(iter(next(iter(runs.values()))))
+    first_variant = next(iter(runs))
+    base = json.loads((out / "runs" / f"{first_variant}-s{first}" / "config.json").read_text())
     if "pl" in runs:
         first_seed = min(runs["pl"])
         plot_head_heatmap(
@@ -213,8 +215,9 @@ def write_report(out: Path, variants: list[str], seeds: list[int], meta: dict[st
         "",
         f"Data: {meta['data']}. Model: {base['model']}, sequence {base['data']['seq_len']}, batch "
         f"{base['train']['batch_size']}, {base['train']['steps']} steps (full config: results.json).",
-        f"Pruning: {int(base['prune']['ratio'] * 100)}% of the 32 heads, one-shot at "
-        f"{base['prune']['prune_at']} (paper: epoch 5, 75%).",
+        f"Pruning: {int(base['prune']['ratio'] * 100)}% of the "
+        f"{base['model']['layers'] * base['model']['heads']} heads, one-shot at {base['prune']['prune_at']} "
+        f"(e = epochs; paper: epoch 5, 75%); peak LR {base['train']['lr']}.",
         f"Seeds: {seeds}; mean ± std over seeds. Train PPL: eval-mode PPL on a fixed sample of training "
         "blocks; "
         "test PPL: the whole test split at the end. Wall time: training steps incl. pruning work, excl. "

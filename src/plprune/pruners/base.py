@@ -77,7 +77,7 @@ class Diagnostics:
     """Model-level curvature measured around each pruning event: NTK condition number (App. D) over the
     group weights, and the Hutchinson trace of the training-loss Hessian w.r.t. the same weights."""
 
-    def __init__(self, samples: int = 16, probes: int = 8, chunk_size: int | None = None) -> None:
+    def __init__(self, samples: int = 16, probes: int = 8, chunk_size: int | None = 1) -> None:
         self.samples = samples
         self.probes = probes
         self.chunk_size = chunk_size
