@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from plprune.data import build_or_load_tokenizer, prepare_mlm_data, read_wikitext_dir
-from plprune.models import BertConfig, BertForMaskedLM
+from plprune.models import BertForMaskedLM
 from plprune.run_config import RunConfig
 from plprune.tasks.mlm import MlmTask
+from plprune.tasks.registry import bert_config_for
 from plprune.train.loop import build_optimizer
 
 
@@ -55,20 +56,10 @@ def main() -> None:
     tokenizer = build_or_load_tokenizer(tmp / "throughput-tokenizer.json", corpus.train)
     data = prepare_mlm_data(corpus, tokenizer, config.data.seq_len)
     task = MlmTask(data, config.train.batch_size, seed=0)
-    m = config.model
     results = {}
     for logits_at in ("masked", "all"):
         torch.manual_seed(0)
-        model = BertForMaskedLM(
-            BertConfig(
-                vocab_size=tokenizer.vocab_size,
-                hidden_size=m.hidden,
-                num_layers=m.layers,
-                num_heads=m.heads,
-                ffn_size=m.ffn,
-                max_length=config.data.seq_len,
-            )
-        ).train()
+        model = BertForMaskedLM(bert_config_for(config, tokenizer.vocab_size)).train()
         times = time_steps(model, task, build_optimizer(model, config.train), logits_at, args.steps)
         tokens = config.train.batch_size * config.data.seq_len
         results[logits_at] = {

@@ -15,10 +15,8 @@ from plprune.curvature import (
     model_hessian_trace,
 )
 from plprune.errors import PlpruneError
-from plprune.models.bert import BertConfig, BertForMaskedLM
-
-SEQ = 6
-VOCAB = 20
+from plprune.models.bert import BertForMaskedLM
+from tiny_models import bert_batch, tiny_bert
 
 
 def tiny_mlp() -> nn.Sequential:
@@ -35,30 +33,6 @@ def mlp_batch() -> tuple[torch.Tensor, torch.Tensor]:
 def mlp_loss(model: nn.Module, batch: tuple) -> torch.Tensor:
     x, y = batch
     return ((model(x) - y) ** 2).sum(dim=1).mean() + (model(x) ** 4).mean()
-
-
-def tiny_bert(dropout: float = 0.0) -> BertForMaskedLM:
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=8,
-        num_layers=1,
-        num_heads=2,
-        ffn_size=16,
-        max_length=SEQ,
-        dropout=dropout,
-        attention_dropout=dropout,
-        initializer_range=0.5,
-    )
-    return BertForMaskedLM(config).double().eval()
-
-
-def bert_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, VOCAB, (4, SEQ), generator=gen)
-    masked = torch.rand(4, SEQ, generator=gen) < 0.4
-    masked[:, 0] = True
-    return ids, torch.where(masked, ids, torch.full_like(ids, -100))
 
 
 def bert_loss(model: nn.Module, batch: tuple) -> torch.Tensor:
@@ -110,7 +84,7 @@ def test_hutchinson_matches_exact_trace_on_mlp(distribution: str) -> None:
 
 
 def test_hutchinson_matches_exact_trace_on_tiny_bert_attention() -> None:
-    model, batch = tiny_bert(), bert_batch()
+    model, batch = tiny_bert(), bert_batch(4)
     names = [name for name, _ in model.named_parameters() if name.startswith("layers.0.attention.")]
     exact = model_exact_hessian_trace(model, bert_loss, batch, params=names)
     for distribution in ("rademacher", "gaussian"):
@@ -189,7 +163,7 @@ def gate_gradient_and_finite_differences(
 
     Needs every op of the model to be exact at third order: BertForMaskedLM uses
     plprune.models.layers.LayerNorm because torch's fused layer_norm is not (pytorch/pytorch#175754)."""
-    batch = bert_batch()
+    batch = bert_batch(4)
     attention = model.layers[0].attention
     names = [name for name, _ in model.named_parameters() if name.startswith("layers.0.")]
 

@@ -23,11 +23,10 @@ from plprune.curvature import (
 )
 from plprune.errors import PlpruneError
 from plprune.groups import Group, ParamSlice, iter_gate_sites
-from plprune.models.bert import BertConfig, BertForMaskedLM
+from plprune.models.bert import BertForMaskedLM
+from tiny_models import VOCAB, bert_batch, tiny_bert
 
 N_SAMPLES = 5
-SEQ = 6
-VOCAB = 20
 
 
 def _per_sample_loss(model: nn.Module, batch: tuple) -> torch.Tensor:
@@ -36,31 +35,6 @@ def _per_sample_loss(model: nn.Module, batch: tuple) -> torch.Tensor:
 
 def _mlp_output(model: nn.Module, batch: tuple) -> torch.Tensor:
     return model(batch[0]).squeeze(-1)
-
-
-def tiny_bert(dropout: float = 0.0) -> BertForMaskedLM:
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=8,
-        num_layers=1,
-        num_heads=2,
-        ffn_size=16,
-        max_length=SEQ,
-        dropout=dropout,
-        attention_dropout=dropout,
-        initializer_range=0.5,
-    )
-    return BertForMaskedLM(config).double().eval()
-
-
-def bert_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, VOCAB, (N_SAMPLES, SEQ), generator=gen)
-    masked = torch.rand(N_SAMPLES, SEQ, generator=gen) < 0.4
-    masked[:, 0] = True  # every sample has at least one masked token
-    labels = torch.where(masked, ids, torch.full_like(ids, -100))
-    return ids, labels
 
 
 def bert_groups(model: nn.Module) -> list[Group]:
@@ -150,7 +124,7 @@ def reference_features(jacobians: list[np.ndarray]) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("case", ["bert", "mlp"])
 def test_features_match_numpy_reference(case: str) -> None:
     if case == "bert":
-        model, batch, groups, fn = tiny_bert(), bert_batch(), None, _per_sample_loss
+        model, batch, groups, fn = tiny_bert(), bert_batch(N_SAMPLES), None, _per_sample_loss
         groups = bert_groups(model)
         ref_jac = reference_bert_jacobians(model, batch)
     else:
@@ -180,7 +154,7 @@ def test_features_match_numpy_reference(case: str) -> None:
 
 
 def test_vmap_chunked_and_loop_paths_agree() -> None:
-    model, batch = tiny_bert(), bert_batch()
+    model, batch = tiny_bert(), bert_batch(N_SAMPLES)
     groups = bert_groups(model)
     full = group_kernels(model, groups, _per_sample_loss, batch)
     assert full.shape == (2, N_SAMPLES, N_SAMPLES) and full.dtype == torch.float64
@@ -191,7 +165,7 @@ def test_vmap_chunked_and_loop_paths_agree() -> None:
 
 
 def test_eval_mode_during_computation_and_modes_restored() -> None:
-    model, batch = tiny_bert(dropout=0.5), bert_batch()
+    model, batch = tiny_bert(dropout=0.5), bert_batch(N_SAMPLES)
     model.train()
     model.layers[0].feed_forward.eval()  # a mixed-mode model must come back exactly as it was
     modes = [m.training for m in model.modules()]
@@ -203,7 +177,7 @@ def test_eval_mode_during_computation_and_modes_restored() -> None:
 
 
 def test_per_sample_loss_output_is_the_models_per_sample_loss() -> None:
-    model, batch = tiny_bert(), bert_batch()
+    model, batch = tiny_bert(), bert_batch(N_SAMPLES)
     groups = bert_groups(model)
     torch.testing.assert_close(
         group_kernels(model, groups, per_sample_loss_output, batch),
@@ -216,7 +190,7 @@ def test_per_sample_loss_output_is_the_models_per_sample_loss() -> None:
 
 
 def test_only_group_parameters_differentiated_and_others_untouched() -> None:
-    model, batch = tiny_bert(), bert_batch()
+    model, batch = tiny_bert(), bert_batch(N_SAMPLES)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     grads = per_sample_gradients(model, _per_sample_loss, batch, params=["decoder_bias"])
     assert list(grads) == ["decoder_bias"] and grads["decoder_bias"].shape == (N_SAMPLES, VOCAB)
@@ -228,7 +202,7 @@ def test_only_group_parameters_differentiated_and_others_untouched() -> None:
 
 
 def test_dead_group_has_finite_documented_features() -> None:
-    model, batch = tiny_bert(), bert_batch()
+    model, batch = tiny_bert(), bert_batch(N_SAMPLES)
     attention = model.layers[0].attention
     d = attention.head_size
     with torch.no_grad():  # kill head 0: q/k/v rows and biases, and its output-projection columns

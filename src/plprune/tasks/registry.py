@@ -35,18 +35,11 @@ def _wikitext_corpus(config: RunConfig) -> CorpusText:
     return read_wikitext_dir(data_dir, train_file=config.data.train_file, test_file=config.data.test_file)
 
 
-def _build_bert_mlm(config: RunConfig, run_dir: Path, corpus: CorpusText) -> tuple[nn.Module, Task]:
-    tokenizer = build_or_load_tokenizer(
-        Path(run_dir) / TOKENIZER_FILE,
-        corpus.train,
-        kind=config.data.tokenizer,
-        min_freq=config.data.min_freq,
-        vocab_size=config.data.bpe_vocab_size,
-    )
-    data = prepare_mlm_data(corpus, tokenizer, config.data.seq_len)
+def bert_config_for(config: RunConfig, vocab_size: int) -> BertConfig:
+    """The :class:`BertConfig` a run config describes (model sizes, dropout, max length = seq_len)."""
     m = config.model
-    bert_config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
+    return BertConfig(
+        vocab_size=vocab_size,
         hidden_size=m.hidden,
         num_layers=m.layers,
         num_heads=m.heads,
@@ -56,6 +49,18 @@ def _build_bert_mlm(config: RunConfig, run_dir: Path, corpus: CorpusText) -> tup
         attention_dropout=m.dropout,
         pre_layer_norm=m.pre_layer_norm,
     )
+
+
+def _build_bert_mlm(config: RunConfig, run_dir: Path, corpus: CorpusText) -> tuple[nn.Module, Task]:
+    tokenizer = build_or_load_tokenizer(
+        Path(run_dir) / TOKENIZER_FILE,
+        corpus.train,
+        kind=config.data.tokenizer,
+        min_freq=config.data.min_freq,
+        vocab_size=config.data.bpe_vocab_size,
+    )
+    data = prepare_mlm_data(corpus, tokenizer, config.data.seq_len)
+    bert_config = bert_config_for(config, tokenizer.vocab_size)
     model = BertForMaskedLM(bert_config)
     task = MlmTask(data, config.train.batch_size, config.train.seed, config.train.eval_batches)
     return model, task

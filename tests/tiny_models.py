@@ -1,0 +1,36 @@
+"""Tiny float64 BERT and MLM batches shared by the curvature tests (exact references need tiny sizes)."""
+
+from __future__ import annotations
+
+import torch
+
+from plprune.models import BertConfig, BertForMaskedLM
+
+SEQ = 6
+VOCAB = 20
+
+
+def tiny_bert(dropout: float = 0.0) -> BertForMaskedLM:
+    """1 layer, 2 heads, hidden 8, float64, eval mode; large init so curvature is not negligible."""
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=8,
+        num_layers=1,
+        num_heads=2,
+        ffn_size=16,
+        max_length=SEQ,
+        dropout=dropout,
+        attention_dropout=dropout,
+        initializer_range=0.5,
+    )
+    return BertForMaskedLM(config).double().eval()
+
+
+def bert_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` seeded samples, ~40% of positions masked and always position 0 (no sample without a target)."""
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, VOCAB, (n, SEQ), generator=gen)
+    masked = torch.rand(n, SEQ, generator=gen) < 0.4
+    masked[:, 0] = True
+    return ids, torch.where(masked, ids, torch.full_like(ids, -100))
