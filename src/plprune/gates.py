@@ -136,6 +136,8 @@ class GroupSet:
             raise PlpruneError(f"cannot revive pruned groups {revived[:5]}; masks only remove groups")
         self.check_protection(mask)
         self.mask = mask.clone()
+        for site, (start, stop) in zip(self.sites, self._ranges, strict=True):
+            site.set_hard_mask(self.mask[start:stop])
         self.enforce()
         self.clear_soft_gates()
 

@@ -75,6 +75,12 @@ class GateSite:
         else:
             self.module.set_group_gate(gate)
 
+    def set_hard_mask(self, keep: Tensor) -> None:
+        """Tell the module which groups are pruned, if it acts on that beyond the zero gate
+        (an MoE layer stops routing tokens to a pruned expert)."""
+        if hasattr(self.module, "set_hard_mask"):
+            self.module.set_hard_mask(keep)
+
 
 def _head_slices(module_name: str, head: int, head_size: int) -> tuple[ParamSlice, ...]:
     start, stop = head * head_size, (head + 1) * head_size
@@ -101,6 +107,8 @@ def iter_gate_sites(
             layer["head"] += 1
             yield site, groups
         elif hasattr(module, "gate_groups") and getattr(module, "group_kind", None) in kinds:
+            # protocol of non-head sites: group_kind, num_gate_groups, gate_groups(module_name) -> list of
+            # ParamSlice lists (one per group), set_group_gate(Tensor | None), optional set_hard_mask(keep)
             kind = module.group_kind
             site = GateSite(name, module, kind, layer[kind], module.num_gate_groups)
             groups = [Group(kind, layer[kind], i, tuple(s)) for i, s in enumerate(module.gate_groups(name))]

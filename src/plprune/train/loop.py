@@ -203,6 +203,6 @@ class Trainer:
         final = self.evaluate(full=True)
         self.save()
         self._emit("on_train_end")
-        if not math.isfinite(final["test_ppl"]):
-            raise TrainingDivergedError(f"final test perplexity is {final['test_ppl']}")
+        if not math.isfinite(final.get("test_loss", 0.0)):
+            raise TrainingDivergedError(f"final test loss is {final['test_loss']}")
         return final
