@@ -131,3 +131,17 @@ def test_prune_count_rounding() -> None:
     assert prune_count(10, 0.0) == 0
     with pytest.raises(PlpruneError, match=r"\[0, 1\)"):
         prune_count(10, 1.0)
+
+
+def test_kind_ratios_scale_with_the_schedule_and_reject_unknown_kinds() -> None:
+    from plprune.pruners import PruningCallback, RandomScorer
+    from plprune.schedules import Linear
+
+    groups = GroupSet(tiny_bert(layers=2, heads=8), kinds=("head",))
+    schedule = Linear(start=0, end=20, every=10, final_ratio=0.75)  # events at 0.25, 0.5, 0.75
+    callback = PruningCallback(groups, RandomScorer(), schedule, kind_ratios={"head": 0.5})
+    assert [callback.event_ratios(e)["head"] for e in schedule.events()] == pytest.approx([1 / 6, 1 / 3, 0.5])
+    with pytest.raises(PlpruneError, match="does not have"):
+        PruningCallback(groups, RandomScorer(), schedule, kind_ratios={"expert": 0.5})
+    with pytest.raises(PlpruneError, match="protected group"):
+        PruningCallback(groups, RandomScorer(), schedule, kind_ratios={"head": 0.95})

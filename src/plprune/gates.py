@@ -96,11 +96,11 @@ class GroupSet:
         finally:
             self.clear_soft_gates()
 
-    def check_ratio(self, ratio: float) -> None:
-        """Raise if pruning a fraction ``ratio`` of every kind would have to empty a layer."""
+    def check_ratio(self, ratio: float, kinds: tuple[str, ...] | None = None) -> None:
+        """Raise if pruning a fraction ``ratio`` of every kind (or of ``kinds``) would empty a layer."""
         from plprune.gating import prune_count
 
-        for kind in self.kinds:
+        for kind in kinds or self.kinds:
             index = self.kind_index(kind)
             layers = len(torch.unique(self.layer_ids[index]))
             keep = len(index) - prune_count(len(index), ratio)

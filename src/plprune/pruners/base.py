@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from plprune.errors import PlpruneError
 from plprune.gates import GroupSet
 from plprune.gating import protected_top_k, prune_count
 from plprune.schedules import PruneEvent, Schedule
 from plprune.train.callbacks import Callback
+from plprune.validation import check_probability
 
 if TYPE_CHECKING:
     from plprune.tasks.base import Task
@@ -62,13 +65,14 @@ class GroupScorer(ABC):
         return None
 
 
-def select_mask(groups: GroupSet, scores: Tensor, ratio: float) -> Tensor:
-    """Keep mask at pruned ratio ``ratio`` for every kind separately (global TopK within a kind,
-    protected per layer); already pruned groups stay pruned."""
+def select_mask(groups: GroupSet, scores: Tensor, ratio: float | Mapping[str, float]) -> Tensor:
+    """Keep mask at pruned ratio ``ratio`` (one for all kinds, or ``{kind: ratio}``) for every kind
+    separately (global TopK within a kind, protected per layer); already pruned groups stay pruned."""
     mask = groups.mask.clone()
     for kind in groups.kinds:
+        kind_ratio = ratio if isinstance(ratio, (int, float)) else ratio.get(kind, 0.0)
         index = groups.kind_index(kind)
-        keep = len(index) - prune_count(len(index), ratio)
+        keep = len(index) - prune_count(len(index), kind_ratio)
         mask[index] = protected_top_k(scores[index], keep, groups.layer_ids[index], alive=groups.mask[index])
     return mask
 
@@ -121,12 +125,14 @@ class PruningCallback(Callback):
         seed: int = 0,
         diagnostics: Diagnostics | None = None,
         log_path: Path | None = None,
+        kind_ratios: Mapping[str, float] | None = None,
     ) -> None:
+        """``kind_ratios`` (e.g. ``{"head": 0.5, "expert": 0.25}``) sets each kind's final ratio; each
+        event then prunes every kind in proportion ``event.ratio / final schedule ratio``. Without it,
+        every kind follows the schedule's ratios."""
         self.groups = groups
         self.scorer = scorer
         self.schedule = schedule
-        for event in schedule.events():
-            groups.check_ratio(event.ratio)
         self.seed = seed
         self.diagnostics = diagnostics
         self.log_path = Path(log_path) if log_path else None
@@ -134,6 +140,26 @@ class PruningCallback(Callback):
         self.prune_seconds = 0.0
         self.diagnostics_seconds = 0.0
         self.records: list[dict[str, Any]] = []
+        self.kind_ratios = dict(kind_ratios) if kind_ratios else None
+        if self.kind_ratios is not None:
+            unknown = set(self.kind_ratios) - set(groups.kinds)
+            if unknown:
+                raise PlpruneError(
+                    f"ratios given for kinds {sorted(unknown)} the model does not have ({groups.kinds})"
+                )
+            for kind, value in self.kind_ratios.items():
+                check_probability(f"{kind} prune ratio", value)
+        for event in schedule.events():
+            for kind, value in self.event_ratios(event).items():
+                groups.check_ratio(value, kinds=(kind,))
+
+    def event_ratios(self, event: PruneEvent) -> dict[str, float]:
+        """The pruned ratio of each kind after ``event``."""
+        if self.kind_ratios is None:
+            return {kind: event.ratio for kind in self.groups.kinds}
+        final = self.schedule.events()[-1].ratio
+        progress = event.ratio / final if final > 0 else 1.0
+        return {kind: self.kind_ratios.get(kind, 0.0) * progress for kind in self.groups.kinds}
 
     def on_train_start(self, trainer: Trainer) -> None:
         self.schedule.validate(trainer.config.steps)
@@ -157,6 +183,7 @@ class PruningCallback(Callback):
             "event": self.events_done,
             "step": step,
             "ratio": event.ratio,
+            "kind_ratios": self.event_ratios(event),
             "method": self.scorer.name,
         }
         probe_batch = task.train_batch(step)
@@ -166,7 +193,7 @@ class PruningCallback(Callback):
         scoring_started = time.perf_counter()
         context = PruneContext(self.groups, task, step, event.ratio, self.events_done, self.seed)
         scores = self.scorer.scores(context)
-        mask = select_mask(self.groups, scores, event.ratio)
+        mask = select_mask(self.groups, scores, self.event_ratios(event))
         self.groups.apply_mask(mask)
         scoring_seconds = time.perf_counter() - scoring_started
         after_started = time.perf_counter()
