@@ -68,6 +68,9 @@ def test_resume_reproduces_uninterrupted_run_exactly(
     resumed = train_run(config, resumed_dir, resume=True, progress=False)
 
     assert _numbers(resumed["history"]) == _numbers(full["history"])
+    if method == "pl":  # the event happened before the interruption; the summary still has it
+        assert len(resumed["pruning_events"]) == len(full["pruning_events"]) == 1
+        assert resumed["pruning_events"][0]["mask"] == full["pruning_events"][0]["mask"]
     full_state = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]
     resumed_state = load_checkpoint(resumed_dir / "checkpoint.pt")["model"]
     for name, tensor in full_state.items():

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from plprune.errors import RunDirError
+from plprune.pruners.base import PRUNING_LOG
 from plprune.run_config import RunConfig, config_differences, save_config
 from plprune.tasks.registry import build_task
 from plprune.train.callbacks import Callback
@@ -117,9 +118,10 @@ def train_run(
         "task": config.task,
         "steps": trainer.step,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "nonzero_parameters": sum(int(torch.count_nonzero(p)) for p in model.parameters()),
         "method": config.prune.method,
         "final": final,
-        "pruning_events": getattr(pruning, "records", []),
+        "pruning_events": read_jsonl(out / PRUNING_LOG) if pruning is not None else [],
         "history": read_jsonl(out / METRICS_NAME),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
