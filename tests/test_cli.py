@@ -11,7 +11,11 @@ from plprune.cli import main
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    """Exit code, stdout, stderr of ``plprune ARGV`` (argparse's own usage errors exit via SystemExit)."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:
+        code = int(exit_.code)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -48,7 +52,10 @@ TINY = [
         (["--lr", "0"], "lr must be a finite number > 0"),
         (["--lr=-1e-3"], "lr must be a finite number > 0"),
         (["--heads", "3"], "heads (3) must divide hidden (16)"),
-        (["--task", "gpt-imagenet"], "unknown task 'gpt-imagenet'; valid: bert-wikitext2, bert-pydoc"),
+        (
+            ["--task", "gpt-imagenet"],
+            "unknown task 'gpt-imagenet'; valid: bert-wikitext2, bert-pydoc, switch-wikitext2",
+        ),
         (["--method", "magic"], "unknown method 'magic'"),
         (["--method", "pl", "--prune-ratio", "1.0"], "prune ratio must lie in [0, 1)"),
         (["--method", "pl", "--prune-at", "500"], "not before the end of training"),
@@ -203,3 +210,59 @@ def test_help_lists_every_command(capsys) -> None:
         main(["--help"])
     out = capsys.readouterr().out
     assert "train" in out and "demo" in out
+
+
+def test_switch_task_prunes_experts_and_heads_with_kind_ratios(
+    capsys, tiny_wikitext_dir: Path, tmp_path: Path
+) -> None:
+    import json
+
+    out = tmp_path / "switch"
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--task",
+        "switch-wikitext2",
+        "--data-dir",
+        str(tiny_wikitext_dir),
+        "--out",
+        str(out),
+        *TINY,
+        "--steps",
+        "8",
+        "--experts",
+        "4",
+        "--method",
+        "pl",
+        "--prune-at",
+        "4",
+        "--kinds",
+        "head,expert",
+        "--kind-ratios",
+        "head=0.5,expert=0.5",
+        "--gate-steps",
+        "2",
+        "--feature-samples",
+        "4",
+        "--no-diagnostics",
+    )
+    assert code == 0, err
+    event = json.loads((out / "pruning.jsonl").read_text().splitlines()[0])
+    assert event["pruned_ratio"] == {"head": 0.5, "expert": 0.5}
+    assert sum(name.startswith("expert") for name in event["groups"]) == 4  # 1 layer × 4 experts
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--task",
+        "switch-wikitext2",
+        "--data-dir",
+        str(tiny_wikitext_dir),
+        "--out",
+        str(tmp_path / "bad"),
+        *TINY,
+        "--experts",
+        "1",
+    )
+    assert code == 2 and "num_experts" in err
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "bad2"), "--kind-ratios", "head:0.5")
+    assert code == 2 and "KIND=RATIO" in err

@@ -15,6 +15,28 @@ from typing import Any
 from plprune.errors import PlpruneError
 from plprune.run_config import RunConfig, load_config_file
 
+
+def _kinds(text: str) -> tuple[str, ...]:
+    """``"head,expert"`` → ``("head", "expert")``."""
+    return tuple(k.strip() for k in text.split(",") if k.strip())
+
+
+def _kind_ratios(text: str) -> dict[str, float]:
+    """``"head=0.5,expert=0.25"`` → ``{"head": 0.5, "expert": 0.25}``."""
+    ratios = {}
+    for item in text.split(","):
+        kind, sep, value = item.partition("=")
+        try:
+            ratios[kind.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise argparse.ArgumentTypeError(
+                f"expected KIND=RATIO[,KIND=RATIO...], e.g. head=0.5,expert=0.5; got {text!r}"
+            )
+    return ratios
+
+
 # flag -> (config section, field, type, help)
 _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
     ("--data-dir", "data", "data_dir", str, "directory with the text files (or env PLPRUNE_DATA_DIR)"),
@@ -29,6 +51,22 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
     ("--heads", "model", "heads", int, "attention heads per layer; must divide --hidden (default 8)"),
     ("--ffn", "model", "ffn", int, "feed-forward size (default 512)"),
     ("--dropout", "model", "dropout", float, "dropout probability in [0, 1) (default 0.1)"),
+    ("--experts", "model", "experts", int, "switch tasks: experts per layer, >= 2 (default 4)"),
+    (
+        "--capacity-factor",
+        "model",
+        "capacity_factor",
+        float,
+        "switch tasks: expert capacity factor (default 1.5)",
+    ),
+    (
+        "--aux-loss-weight",
+        "model",
+        "aux_loss_weight",
+        float,
+        "switch tasks: load-balancing loss weight (0.01)",
+    ),
+    ("--expert-ffn", "model", "expert_ffn", int, "switch tasks: expert FFN size (default: --ffn)"),
     ("--steps", "train", "steps", int, "optimizer steps (default 2000)"),
     ("--batch-size", "train", "batch_size", int, "blocks per batch (default 16)"),
     ("--lr", "train", "lr", float, "peak learning rate (default 5e-4)"),
@@ -47,6 +85,8 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
     ("--prune-end", "prune", "prune_end", str, "linear schedule: last pruning time"),
     ("--prune-every", "prune", "prune_every", str, "linear/iterative: time between pruning events"),
     ("--rounds", "prune", "rounds", int, "iterative schedule: number of pruning rounds (default 3)"),
+    ("--kinds", "prune", "kinds", _kinds, "prunable groups, e.g. head or head,expert (default: the task's)"),
+    ("--kind-ratios", "prune", "kind_ratios", _kind_ratios, "final ratio per kind, e.g. head=0.5,expert=0.5"),
     ("--alpha", "pl", "alpha", float, "PL: weight of the Hessian-trace term (default 1, Alg. 2)"),
     (
         "--gate-steps",
@@ -70,7 +110,9 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", help="task name: bert-wikitext2 (default) or bert-pydoc")
+    parser.add_argument(
+        "--task", help="bert-wikitext2 (default), bert-pydoc, switch-wikitext2 or switch-pydoc (MoE experts)"
+    )
     parser.add_argument("--config", type=Path, help="TOML file with task and [data]/[model]/[train] tables")
     for flag, _section, field, kind, text in _RUN_FLAGS:
         parser.add_argument(flag, dest=field, type=kind, default=None, help=text)

@@ -45,7 +45,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture sizes (BERT-style encoder)."""
+    """Architecture sizes. BERT/Switch: layers, hidden, heads, ffn, dropout, pre_layer_norm; Switch only:
+    experts, capacity_factor, aux_loss_weight, expert_ffn (default: ffn)."""
 
     layers: int = 4
     hidden: int = 128
@@ -53,11 +54,17 @@ class ModelConfig:
     ffn: int = 512
     dropout: float = 0.1
     pre_layer_norm: bool = False
+    experts: int = 4
+    capacity_factor: float = 1.5
+    aux_loss_weight: float = 0.01
+    expert_ffn: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "heads", "ffn"):
             check_positive_int(name, getattr(self, name))
         check_probability("dropout", self.dropout)
+        if self.expert_ffn is not None:
+            check_positive_int("expert_ffn", self.expert_ffn)
         if self.hidden % self.heads:
             raise PlpruneError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
 
@@ -69,7 +76,9 @@ METHODS = ("dense", "pl", "random")
 class PruneConfig:
     """Which method prunes which groups when (``method = "dense"`` trains without pruning).
 
-    ``prune_at``/``prune_end``/``prune_every`` are times: steps (``800``) or epochs (``"5e"``).
+    ``prune_at``/``prune_end``/``prune_every`` are times: steps (``800``) or epochs (``"5e"``). ``kinds``:
+    which groups are prunable (default: the task's, e.g. heads for BERT, experts for Switch);
+    ``kind_ratios``: a final ratio per kind (e.g. ``{"head": 0.5, "expert": 0.5}``) instead of ``ratio``.
     """
 
     method: str = "dense"
@@ -79,7 +88,8 @@ class PruneConfig:
     prune_end: str | None = None
     prune_every: str | None = None
     rounds: int = 3
-    kinds: tuple[str, ...] = ("head",)
+    kinds: tuple[str, ...] | None = None
+    kind_ratios: dict[str, float] | None = None
     diagnostics: bool = True
     pl: PLConfig = field(default_factory=PLConfig)
 
@@ -91,7 +101,12 @@ class PruneConfig:
         check_choice("schedule", self.schedule, SCHEDULES)
         check_probability("prune ratio", self.ratio)
         check_positive_int("rounds", self.rounds)
-        self.kinds = check_kinds(tuple(self.kinds))
+        if self.kinds is not None:
+            self.kinds = check_kinds(tuple(self.kinds))
+        if self.kind_ratios is not None:
+            check_kinds(tuple(self.kind_ratios))
+            for kind, value in self.kind_ratios.items():
+                check_probability(f"{kind} prune ratio", value)
         if isinstance(self.pl, dict):
             self.pl = PLConfig(**self.pl)
 

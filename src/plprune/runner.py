@@ -13,7 +13,7 @@ import torch
 from plprune.errors import RunDirError
 from plprune.pruners.base import PRUNING_LOG
 from plprune.run_config import RunConfig, config_differences, save_config
-from plprune.tasks.registry import build_task
+from plprune.tasks.registry import DEFAULT_KINDS, build_task
 from plprune.train.callbacks import Callback
 from plprune.train.checkpoint import atomic_write_text
 from plprune.train.loop import CHECKPOINT_NAME, METRICS_NAME, Trainer
@@ -82,10 +82,17 @@ def build_pruning_callback(
         rounds=prune.rounds,
     )
     schedule.validate(config.train.steps)
-    groups = GroupSet(model, kinds=prune.kinds)
+    groups = GroupSet(model, kinds=prune.kinds or DEFAULT_KINDS[config.task])
     scorer = PLScorer(prune.pl) if prune.method == "pl" else RandomScorer()
     diagnostics = Diagnostics() if prune.diagnostics else None
-    return PruningCallback(groups, scorer, schedule, seed=config.train.seed, diagnostics=diagnostics)
+    return PruningCallback(
+        groups,
+        scorer,
+        schedule,
+        seed=config.train.seed,
+        diagnostics=diagnostics,
+        kind_ratios=prune.kind_ratios,
+    )
 
 
 def train_run(

@@ -103,7 +103,12 @@ class PLScorer(GroupScorer):
                 self._feature_batch(context),
                 chunk_size=cfg.chunk_size,
             )
-            inputs = normalise_features(features.as_matrix(), cfg.log_min_eigenvalue)
+            # standardised per kind: heads' and experts' kernels live on different scales
+            raw = features.as_matrix()
+            inputs = torch.zeros_like(raw)
+            for kind in groups.kinds:
+                index = groups.kind_index(kind)
+                inputs[index] = normalise_features(raw[index], cfg.log_min_eigenvalue)
             with torch.random.fork_rng():  # leave the training RNG stream untouched
                 net = GatingNetwork(cfg.gate_hidden, cfg.scale_to_mean_one).double()
             with torch.no_grad():  # seeded per event

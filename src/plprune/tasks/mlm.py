@@ -82,7 +82,10 @@ class MlmTask:
         total, count = 0.0, 0
         for input_ids, labels in batches:
             n_masked = int((labels != -100).sum())
-            total += float(model(input_ids, labels).loss) * n_masked
+            output = model(input_ids, labels)
+            # MoE models add a load-balancing term to .loss; perplexity is of the MLM loss alone
+            mlm_loss = getattr(output, "mlm_loss", None)
+            total += float(output.loss if mlm_loss is None else mlm_loss) * n_masked
             count += n_masked
         return total / max(count, 1)
 
