@@ -95,7 +95,9 @@ class ResNet(nn.Module):
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.dims = check_dims(dims)
-        widths = [scale_channels(c, self.width_multiplier, f"stage width {c}") for c in STAGE_WIDTHS]
+        widths = [
+            scale_channels(c, self.width_multiplier, f"stage {i + 1}") for i, c in enumerate(STAGE_WIDTHS)
+        ]
         self.stem = ConvBN(in_channels, widths[0], dims=self.dims)
         blocks: list[nn.Module] = []
         channels = widths[0]
