@@ -266,3 +266,38 @@ def test_switch_task_prunes_experts_and_heads_with_kind_ratios(
     assert code == 2 and "num_experts" in err
     code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "bad2"), "--kind-ratios", "head:0.5")
     assert code == 2 and "KIND=RATIO" in err
+
+
+def test_cnn_task_uses_its_defaults_and_prunes_filters_on_a_linear_schedule(capsys, tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "vgg"
+    code, stdout, err = run_cli(
+        capsys,
+        "train",
+        "--task",
+        "vgg-digits",
+        "--out",
+        str(out),
+        "--steps",
+        "90",
+        "--eval-every",
+        "45",
+        "--method",
+        "random",
+        "--prune-at",
+        "30",
+        "--prune-end",
+        "60",
+        "--prune-every",
+        "30",
+        "--no-diagnostics",
+        "--no-progress",
+    )
+    assert code == 0, err
+    assert "test acc %" in stdout and "final test accuracy" in stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["optimizer"] == "sgd" and config["prune"]["schedule"] == "linear"
+    events = [json.loads(line) for line in (out / "pruning.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events] == [30, 60]
+    assert [e["pruned_ratio"]["filter"] for e in events] == pytest.approx([0.25, 0.5], abs=0.01)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from plprune.errors import PlpruneError
-from plprune.run_config import RunConfig, load_config_file
+from plprune.run_config import RunConfig, deep_merge, read_config_file
 
 
 def _kinds(text: str) -> tuple[str, ...]:
@@ -67,6 +67,9 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
         "switch tasks: load-balancing loss weight (0.01)",
     ),
     ("--expert-ffn", "model", "expert_ffn", int, "switch tasks: expert FFN size (default: --ffn)"),
+    ("--width-multiplier", "model", "width_multiplier", float, "CNN tasks: channels × this (default 0.25)"),
+    ("--depth", "model", "depth", int, "resnet tasks: depth 6n+2, e.g. 20 (default) or 56"),
+    ("--num-samples", "data", "num_samples", int, "mnist1d tasks: number of generated samples (4000)"),
     ("--steps", "train", "steps", int, "optimizer steps (default 2000)"),
     ("--batch-size", "train", "batch_size", int, "blocks per batch (default 16)"),
     ("--lr", "train", "lr", float, "peak learning rate (default 5e-4)"),
@@ -111,7 +114,9 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--task", help="bert-wikitext2 (default), bert-pydoc, switch-wikitext2 or switch-pydoc (MoE experts)"
+        "--task",
+        help="bert-wikitext2 (default), bert-pydoc, switch-wikitext2, switch-pydoc (MoE experts), "
+        "vgg-mnist1d, resnet-mnist1d, vgg-digits (conv filters; offline data)",
     )
     parser.add_argument("--config", type=Path, help="TOML file with task and [data]/[model]/[train] tables")
     for flag, _section, field, kind, text in _RUN_FLAGS:
@@ -133,11 +138,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
-    """Defaults < --config file < explicit flags."""
-    config = load_config_file(args.config) if args.config else RunConfig()
+    """Defaults < the task's defaults (e.g. SGD for CNNs) < --config file < explicit flags."""
+    from plprune.tasks.registry import TASK_DEFAULTS
+
+    raw = read_config_file(args.config) if args.config else {}
+    task = args.task or raw.get("task") or RunConfig().task
+    config = RunConfig.from_dict(deep_merge({"task": task, **TASK_DEFAULTS.get(task, {})}, raw))
     overrides: dict[str, Any] = {}
-    if args.task is not None:
-        overrides["task"] = args.task
     for _flag, section, field, _kind, _text in _RUN_FLAGS:
         value = getattr(args, field)
         if value is not None:
@@ -149,22 +156,30 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     return config.with_overrides(overrides)
 
 
+# (metric key, column title): the columns of the metrics table that a run's records have
+_HISTORY_COLUMNS = [
+    ("train_loss", "train loss"),
+    ("train_ppl", "train PPL"),
+    ("test_ppl", "test PPL"),
+    ("delta_ppl", "ΔPPL"),
+    ("train_accuracy", "train acc %"),
+    ("test_loss", "test loss"),
+    ("test_accuracy", "test acc %"),
+    ("wall_time", "time (s)"),
+]
+
+
 def _history_table(history: list[dict[str, Any]]) -> str:
     from plprune.table import format_table
 
+    present = [(key, title) for key, title in _HISTORY_COLUMNS if history and key in history[0]]
+    if any(key == "test_ppl" for key, _ in present):  # MLM: perplexities say it; loss is redundant
+        present = [(k, t) for k, t in present if k != "test_loss"]
     rows = [
-        {
-            "step": r["step"],
-            "epoch": round(r["epoch"], 2),
-            "train loss": r["train_loss"],
-            "train PPL": r["train_ppl"],
-            "test PPL": r["test_ppl"],
-            "ΔPPL": r["delta_ppl"],
-            "time (s)": r["wall_time"],
-        }
+        {"step": r["step"], "epoch": round(r["epoch"], 2), **{title: r[key] for key, title in present}}
         for r in history
     ]
-    return format_table(rows, ["step", "epoch", "train loss", "train PPL", "test PPL", "ΔPPL", "time (s)"])
+    return format_table(rows, ["step", "epoch", *(title for _, title in present)])
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -175,7 +190,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     summary = train_run(config, args.out, resume=args.resume, progress=not args.no_progress)
     print(_history_table(summary["history"]))
-    print(f"\nrun written to {args.out}  (final test PPL {summary['final']['test_ppl']:.2f})")
+    final = summary["final"]
+    headline = (
+        f"final test PPL {final['test_ppl']:.2f}"
+        if "test_ppl" in final
+        else f"final test accuracy {final['test_accuracy']:.2f}%"
+    )
+    print(f"\nrun written to {args.out}  ({headline}; last row: whole test split)")
     return 0
 
 

@@ -22,7 +22,7 @@ TOKENIZERS = ("word", "bpe")
 
 @dataclass
 class DataConfig:
-    """Where the text comes from and how it is tokenised and blocked.
+    """Where the data comes from; for text, how it is tokenised and blocked (``num_samples``: MNIST-1D size).
 
     ``data_dir`` falls back to the ``PLPRUNE_DATA_DIR`` environment variable. WikiText-2 here: train on
     ``valid.txt``, evaluate on ``test.txt`` (the training split is not available offline).
@@ -35,18 +35,21 @@ class DataConfig:
     min_freq: int = 2
     bpe_vocab_size: int = 8000
     seq_len: int = 128
+    num_samples: int = 4000
 
     def __post_init__(self) -> None:
         check_choice("tokenizer", self.tokenizer, TOKENIZERS)
         check_positive_int("min_freq", self.min_freq)
         check_positive_int("bpe_vocab_size", self.bpe_vocab_size)
         check_positive_int("seq_len", self.seq_len)
+        check_positive_int("num_samples", self.num_samples)
 
 
 @dataclass
 class ModelConfig:
     """Architecture sizes. BERT/Switch: layers, hidden, heads, ffn, dropout, pre_layer_norm; Switch only:
-    experts, capacity_factor, aux_loss_weight, expert_ffn (default: ffn)."""
+    experts, capacity_factor, aux_loss_weight, expert_ffn (default: ffn). CNNs (vgg-*, resnet-*):
+    width_multiplier (channels × w), depth (ResNet: 6n+2, e.g. 20 or 56)."""
 
     layers: int = 4
     hidden: int = 128
@@ -58,6 +61,8 @@ class ModelConfig:
     capacity_factor: float = 1.5
     aux_loss_weight: float = 0.01
     expert_ffn: int | None = None
+    width_multiplier: float = 0.25
+    depth: int = 20
 
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "heads", "ffn"):
@@ -162,8 +167,19 @@ class RunConfig:
         return RunConfig.from_dict(raw)
 
 
-def load_config_file(path: Path) -> RunConfig:
-    """Read a TOML config (``task = ...``, ``[data]``, ``[model]``, ``[train]``)."""
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update``'s values laid over it, tables merged key by key."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The raw tables of a TOML config file (validated later by :meth:`RunConfig.from_dict`)."""
     path = Path(path)
     if not path.is_file():
         raise PlpruneError(f"config file {path} does not exist")
@@ -175,7 +191,12 @@ def load_config_file(path: Path) -> RunConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise PlpruneError(f"config file {path} is not valid TOML: {error}") from error
-    return RunConfig.from_dict(raw)
+    return raw
+
+
+def load_config_file(path: Path) -> RunConfig:
+    """Read a TOML config (``task = ...``, ``[data]``, ``[model]``, ``[train]``, ``[prune]``)."""
+    return RunConfig.from_dict(read_config_file(path))
 
 
 def config_differences(saved: dict[str, Any], requested: dict[str, Any], prefix: str = "") -> list[str]:

@@ -17,6 +17,7 @@ from plprune.data.corpus import (
     pydoc_corpus,
     read_wikitext_dir,
 )
+from plprune.data.images import ClassificationData, load_cifar, load_digits, load_mnist1d
 from plprune.data.mlm import (
     IGNORE_INDEX,
     MlmData,
@@ -45,6 +46,7 @@ __all__ = [
     "SPECIAL_TOKENS",
     "TOKENIZER_KINDS",
     "BpeTokenizer",
+    "ClassificationData",
     "CorpusText",
     "MlmData",
     "MlmMasker",
@@ -53,6 +55,9 @@ __all__ = [
     "build_or_load_tokenizer",
     "default_data_dir",
     "fixed_masked_batches",
+    "load_cifar",
+    "load_digits",
+    "load_mnist1d",
     "load_tokenizer",
     "load_wikitext2_hf",
     "make_blocks",

@@ -156,6 +156,7 @@ def load_mnist1d(num_samples: int = 4000, test_fraction: float = 0.2, seed: int 
             f"num_samples must be a multiple of 10 and >= 20 (MNIST-1D makes num_samples/10 per class), "
             f"got {num_samples}"
         )
+    _check_test_fraction(test_fraction, num_samples)  # fail before generating
     try:
         mnist1d_data = importlib.import_module("mnist1d.data")
     except ImportError as error:

@@ -36,7 +36,7 @@ __all__ = [
     "ConvBN",
     "GatedConvBN",
     "check_dims",
-    "check_model_input",
+    "check_input_shape",
     "check_width_multiplier",
     "global_average_pool",
     "make_conv",
@@ -87,7 +87,7 @@ def make_conv(dims: int, in_channels: int, out_channels: int, stride: int = 1) -
     return conv
 
 
-def check_model_input(x: Tensor, in_channels: int, dims: int, model: str) -> None:
+def check_input_shape(x: Tensor, in_channels: int, dims: int, model: str) -> None:
     """Raise a clear error unless ``x`` is ``(N, in_channels, L)`` (dims 1) or ``(N, in_channels, H, W)``."""
     if not isinstance(x, Tensor):
         raise PlpruneError(f"{model} expects a Tensor input, got {type(x).__name__}")

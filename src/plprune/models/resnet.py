@@ -28,7 +28,7 @@ from plprune.models.filters import (
     ConvBN,
     GatedConvBN,
     check_dims,
-    check_model_input,
+    check_input_shape,
     check_width_multiplier,
     global_average_pool,
     scale_channels,
@@ -111,5 +111,5 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(N, num_classes)`` of inputs ``(N, in_channels, L)`` or ``(N, in_channels, H, W)``."""
-        check_model_input(x, self.in_channels, self.dims, f"ResNet-{self.depth}")
+        check_input_shape(x, self.in_channels, self.dims, f"ResNet-{self.depth}")
         return self.classifier(global_average_pool(self.blocks(self.stem(x))))

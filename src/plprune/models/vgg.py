@@ -22,7 +22,7 @@ from plprune.errors import PlpruneError
 from plprune.models.filters import (
     GatedConvBN,
     check_dims,
-    check_model_input,
+    check_input_shape,
     check_width_multiplier,
     global_average_pool,
     scale_channels,
@@ -92,5 +92,5 @@ class VGG(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(N, num_classes)`` of inputs ``(N, in_channels, L)`` or ``(N, in_channels, H, W)``."""
-        check_model_input(x, self.in_channels, self.dims, "VGG")
+        check_input_shape(x, self.in_channels, self.dims, "VGG")
         return self.classifier(global_average_pool(self.features(x)))

@@ -74,8 +74,9 @@ class PLConfig:
 def _hessian_scalar(kind: str, context: PruneContext, batch: tuple[Tensor, ...], loss: Tensor) -> Tensor:
     if kind == "loss":
         return loss
-    output = context.model(*batch)
-    return output.logits.sum() if hasattr(output, "logits") else output.sum()
+    if hasattr(context.task, "logits"):  # classification: the task knows which tensor is the input
+        return context.task.logits(context.model, batch).sum()
+    return context.model(*batch).logits.sum()  # masked LM: logits at the masked positions
 
 
 class PLScorer(GroupScorer):

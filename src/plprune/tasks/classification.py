@@ -4,7 +4,7 @@ Batches: each epoch is a seeded permutation of the training set (``generator(see
 last partial batch is dropped, so step s depends only on (seed, s) and resume is exact. The kernel
 output of Sec. 3.2.2 (``per_sample_output``) is the per-sample cross-entropy (``"loss"``) or the
 true-class logit (``"logit"``). Evaluation (model in eval mode: BatchNorm uses running statistics)
-reports ``train_loss_eval``/``train_accuracy`` on a fixed seeded sample of ``eval_batches`` training
+reports ``train_eval_loss``/``train_accuracy`` on a fixed seeded sample of ``eval_batches`` training
 batches and ``test_loss``/``test_accuracy`` on the first ``eval_batches`` test batches, or on the whole
 test set with ``full=True``; accuracies are in percent.
 """
@@ -88,6 +88,10 @@ class ClassificationTask:
         inputs, labels = batch
         return model(inputs), labels
 
+    def logits(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        """``(n, num_classes)`` logits of the batch's inputs (e.g. for a Hessian of the summed logits)."""
+        return self._logits(model, batch)[0]
+
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         """Mean cross-entropy of the batch (the training loss L_S)."""
         logits, labels = self._logits(model, batch)
@@ -113,7 +117,7 @@ class ClassificationTask:
         return total / n, 100.0 * correct / n
 
     def evaluate(self, model: nn.Module, *, full: bool = False) -> dict[str, Any]:
-        """``train_loss_eval``, ``train_accuracy``, ``test_loss``, ``test_accuracy`` (%), in eval mode;
+        """``train_eval_loss``, ``train_accuracy``, ``test_loss``, ``test_accuracy`` (%), in eval mode;
         ``full=True`` uses the whole test set (final numbers). Every submodule's mode is restored."""
         modes = [(module, module.training) for module in model.modules()]
         model.eval()
@@ -125,7 +129,7 @@ class ClassificationTask:
             for module, training in modes:
                 module.training = training
         return {
-            "train_loss_eval": train_loss,
+            "train_eval_loss": train_loss,
             "train_accuracy": train_accuracy,
             "test_loss": test_loss,
             "test_accuracy": test_accuracy,

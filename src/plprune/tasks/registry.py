@@ -8,17 +8,21 @@ from pathlib import Path
 from torch import nn
 
 from plprune.data import (
+    ClassificationData,
     CorpusText,
     build_or_load_tokenizer,
     default_data_dir,
+    load_digits,
+    load_mnist1d,
     prepare_mlm_data,
     pydoc_corpus,
     read_wikitext_dir,
 )
 from plprune.errors import DataError
-from plprune.models import BertConfig, BertForMaskedLM, SwitchConfig, SwitchForMaskedLM
+from plprune.models import VGG, BertConfig, BertForMaskedLM, ResNet, SwitchConfig, SwitchForMaskedLM
 from plprune.run_config import RunConfig
 from plprune.tasks.base import Task
+from plprune.tasks.classification import ClassificationTask, check_model_input
 from plprune.tasks.mlm import MlmTask
 from plprune.validation import check_choice
 
@@ -98,11 +102,42 @@ def build_switch_pydoc(config: RunConfig, run_dir: Path) -> tuple[nn.Module, Tas
     return _build_mlm(config, run_dir, pydoc_corpus(), switch=True)
 
 
+def _build_cnn(config: RunConfig, data: ClassificationData, architecture: str) -> tuple[nn.Module, Task]:
+    m = config.model
+    shape = {"in_channels": data.in_channels, "num_classes": data.num_classes, "dims": data.dims}
+    if architecture == "vgg":
+        model: nn.Module = VGG(width_multiplier=m.width_multiplier, **shape)
+    else:
+        model = ResNet(depth=m.depth, width_multiplier=m.width_multiplier, **shape)
+    check_model_input(model, data)
+    return model, ClassificationTask(
+        data, config.train.batch_size, config.train.seed, config.train.eval_batches
+    )
+
+
+def build_vgg_mnist1d(config: RunConfig, run_dir: Path) -> tuple[nn.Module, Task]:
+    """VGG-16 (BN, width × w, 1-D convolutions) on MNIST-1D, generated offline (data seed fixed at 0)."""
+    return _build_cnn(config, load_mnist1d(num_samples=config.data.num_samples, seed=0), "vgg")
+
+
+def build_resnet_mnist1d(config: RunConfig, run_dir: Path) -> tuple[nn.Module, Task]:
+    """CIFAR-style ResNet (depth 6n+2, inner block filters prunable) on MNIST-1D."""
+    return _build_cnn(config, load_mnist1d(num_samples=config.data.num_samples, seed=0), "resnet")
+
+
+def build_vgg_digits(config: RunConfig, run_dir: Path) -> tuple[nn.Module, Task]:
+    """VGG-16 (BN, width × w, 2-D convolutions) on scikit-learn's bundled 8×8 digits."""
+    return _build_cnn(config, load_digits(seed=0), "vgg")
+
+
 TASKS: dict[str, Callable[[RunConfig, Path], tuple[nn.Module, Task]]] = {
     "bert-wikitext2": build_bert_wikitext2,
     "bert-pydoc": build_bert_pydoc,
     "switch-wikitext2": build_switch_wikitext2,
     "switch-pydoc": build_switch_pydoc,
+    "vgg-mnist1d": build_vgg_mnist1d,
+    "resnet-mnist1d": build_resnet_mnist1d,
+    "vgg-digits": build_vgg_digits,
 }
 
 # the groups a task prunes when the config names none (paper: heads for BERT, experts for Switch)
@@ -111,6 +146,33 @@ DEFAULT_KINDS: dict[str, tuple[str, ...]] = {
     "bert-pydoc": ("head",),
     "switch-wikitext2": ("expert",),
     "switch-pydoc": ("expert",),
+    "vgg-mnist1d": ("filter",),
+    "resnet-mnist1d": ("filter",),
+    "vgg-digits": ("filter",),
+}
+
+_CNN_TRAIN = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "grad_clip": 0.0, "batch_size": 32}
+_LINEAR = {"schedule": "linear", "ratio": 0.5, "prune_every": "1e"}
+# per-task defaults, applied below a --config file and flags (paper E.4: SGD, momentum, ×0.1 at 1/2, 3/4;
+# linear filter schedule from 7.5% of training). Sizes and LRs scaled for 2 CPU cores (docs/training.md).
+TASK_DEFAULTS: dict[str, dict] = {
+    "vgg-mnist1d": {
+        "model": {"width_multiplier": 0.25},
+        "train": {**_CNN_TRAIN, "lr": 0.02, "steps": 3000, "eval_every": 300},
+        "prune": {**_LINEAR, "prune_at": "3e", "prune_end": "15e"},
+    },
+    "resnet-mnist1d": {
+        "model": {"width_multiplier": 0.5, "depth": 20},
+        "train": {**_CNN_TRAIN, "lr": 0.1, "steps": 3000, "eval_every": 300},
+        "prune": {**_LINEAR, "prune_at": "3e", "prune_end": "15e"},
+    },
+    "vgg-digits": {
+        "model": {"width_multiplier": 0.25},
+        "train": {**_CNN_TRAIN, "lr": 0.02, "steps": 900, "eval_every": 100},
+        "prune": {**_LINEAR, "prune_at": "2e", "prune_end": "10e"},
+    },
+    "switch-wikitext2": {"prune": {"ratio": 0.5}},
+    "switch-pydoc": {"prune": {"ratio": 0.5}},
 }
 
 
