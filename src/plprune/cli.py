@@ -72,7 +72,7 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
     ("--num-samples", "data", "num_samples", int, "mnist1d tasks: number of generated samples (4000)"),
     ("--steps", "train", "steps", int, "optimizer steps (default 2000)"),
     ("--batch-size", "train", "batch_size", int, "blocks per batch (default 16)"),
-    ("--lr", "train", "lr", float, "peak learning rate (default 5e-4)"),
+    ("--lr", "train", "lr", float, "peak learning rate (default 1e-3; CNN tasks: see docs)"),
     ("--warmup-fraction", "train", "warmup_fraction", float, "fraction of steps of linear warm-up"),
     ("--weight-decay", "train", "weight_decay", float, "AdamW weight decay (default 0, paper Table 4)"),
     ("--grad-clip", "train", "grad_clip", float, "max gradient norm; 0 disables (default 1.0)"),
