@@ -60,9 +60,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def run_config(variant: str, seed: int, data_dir: str, steps: int | None) -> dict[str, Any]:
+def run_config(
+    variant: str, seed: int, data_dir: str, steps: int | None, train_fraction: float = 1.0
+) -> dict[str, Any]:
     config = json.loads(json.dumps(BASE))
     config["data"]["data_dir"] = data_dir
+    config["data"]["train_fraction"] = train_fraction
     config["train"]["seed"] = seed
     if steps:
         config["train"]["steps"] = steps
@@ -108,6 +111,9 @@ def main() -> None:
         help="variants run on the first seed only",
     )
     parser.add_argument("--steps", type=int, help="override the number of steps (smoke tests)")
+    parser.add_argument(
+        "--train-fraction", type=float, default=1.0, help="train on this first fraction of valid.txt's blocks"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
@@ -129,7 +135,9 @@ def main() -> None:
             (
                 variant,
                 seed,
-                run_config(variant, seed, str(Path(args.data_dir).resolve()), args.steps),
+                run_config(
+                    variant, seed, str(Path(args.data_dir).resolve()), args.steps, args.train_fraction
+                ),
                 str(run_dir),
             )
         )

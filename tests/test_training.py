@@ -130,3 +130,17 @@ def test_metrics_file_is_jsonl(tiny_wikitext_dir: Path, tmp_path: Path) -> None:
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in records] == [6, 12]
     assert records[-1]["final"] is True
+
+
+def test_train_fraction_uses_the_first_blocks_only(tiny_wikitext_dir: Path, tmp_path: Path) -> None:
+    from plprune.tasks.registry import build_task
+
+    full_config = tiny_config(tiny_wikitext_dir)
+    _, full = build_task(full_config, tmp_path / "a")
+    _, part = build_task(full_config.with_overrides({"data": {"train_fraction": 0.25}}), tmp_path / "b")
+    n = full.data.train_blocks.shape[0]
+    assert part.data.train_blocks.shape[0] == round(0.25 * n)
+    assert torch.equal(part.data.train_blocks, full.data.train_blocks[: round(0.25 * n)])
+    assert part.data.tokenizer.vocab_size == full.data.tokenizer.vocab_size
+    with pytest.raises(Exception, match=r"train_fraction must lie in \(0, 1\]"):
+        full_config.with_overrides({"data": {"train_fraction": 0.0}})

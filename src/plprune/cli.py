@@ -70,6 +70,13 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
     ("--width-multiplier", "model", "width_multiplier", float, "CNN tasks: channels × this (default 0.25)"),
     ("--depth", "model", "depth", int, "resnet tasks: depth 6n+2, e.g. 20 (default) or 56"),
     ("--num-samples", "data", "num_samples", int, "mnist1d tasks: number of generated samples (4000)"),
+    (
+        "--train-fraction",
+        "data",
+        "train_fraction",
+        float,
+        "MLM tasks: train on this first fraction of blocks",
+    ),
     ("--steps", "train", "steps", int, "optimizer steps (default 2000)"),
     ("--batch-size", "train", "batch_size", int, "blocks per batch (default 16)"),
     ("--lr", "train", "lr", float, "peak learning rate (default 1e-3; CNN tasks: see docs)"),

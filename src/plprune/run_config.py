@@ -22,7 +22,9 @@ TOKENIZERS = ("word", "bpe")
 
 @dataclass
 class DataConfig:
-    """Where the data comes from; for text, how it is tokenised and blocked (``num_samples``: MNIST-1D size).
+    """Where the data comes from; for text, how it is tokenised and blocked (``num_samples``: MNIST-1D size;
+    ``train_fraction``: train on the first fraction of the training blocks only, vocabulary unchanged —
+    a smaller training set makes the same model more over-parameterised).
 
     ``data_dir`` falls back to the ``PLPRUNE_DATA_DIR`` environment variable. WikiText-2 here: train on
     ``valid.txt``, evaluate on ``test.txt`` (the training split is not available offline).
@@ -36,6 +38,7 @@ class DataConfig:
     bpe_vocab_size: int = 8000
     seq_len: int = 128
     num_samples: int = 4000
+    train_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         check_choice("tokenizer", self.tokenizer, TOKENIZERS)
@@ -43,6 +46,8 @@ class DataConfig:
         check_positive_int("bpe_vocab_size", self.bpe_vocab_size)
         check_positive_int("seq_len", self.seq_len)
         check_positive_int("num_samples", self.num_samples)
+        if not (isinstance(self.train_fraction, (int, float)) and 0 < self.train_fraction <= 1):
+            raise PlpruneError(f"train_fraction must lie in (0, 1], got {self.train_fraction!r}")
 
 
 @dataclass

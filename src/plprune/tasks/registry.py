@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def _build_mlm(
         vocab_size=config.data.bpe_vocab_size,
     )
     data = prepare_mlm_data(corpus, tokenizer, config.data.seq_len)
+    if config.data.train_fraction < 1.0:
+        keep = max(config.train.batch_size, round(config.data.train_fraction * data.train_blocks.shape[0]))
+        data = dataclasses.replace(data, train_blocks=data.train_blocks[:keep])
     bert_config = bert_config_for(config, tokenizer.vocab_size)
     if switch:
         m = config.model
