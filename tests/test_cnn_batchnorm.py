@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from derivatives import hvp_through_layer
 from plprune.errors import PlpruneError
 from plprune.models.layers import BatchNorm
 
@@ -48,18 +49,6 @@ def test_values_running_stats_and_gradients_match_torch(shape: tuple[int, ...]) 
     assert int(ours.num_batches_tracked) == 3  # eval mode does not update
 
 
-def _third_order(norm: torch.nn.Module, x: torch.Tensor, weights: torch.Tensor, probe: torch.Tensor):
-    """A Hessian-vector product through ``norm`` (training mode), made a function of a gate."""
-
-    def fn(gate: torch.Tensor) -> torch.Tensor:
-        y = (norm(x * gate) * weights).sum() ** 2
-        (g,) = torch.autograd.grad(y, x, create_graph=True)
-        (hv,) = torch.autograd.grad((g * probe).sum(), x, create_graph=True)
-        return (hv * probe).sum()
-
-    return fn
-
-
 def test_third_derivative_is_exact_in_training_mode() -> None:
     torch.manual_seed(0)
     x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
@@ -67,11 +56,11 @@ def test_third_derivative_is_exact_in_training_mode() -> None:
     probe = torch.randint(0, 2, (4, 2, 3)).double() * 2 - 1
     gate = (torch.rand(2, 3, dtype=torch.float64) + 0.5).requires_grad_()  # per channel and position
     ours = BatchNorm(2, eps=1e-12).double()
-    assert torch.autograd.gradcheck(_third_order(ours, x, weights, probe), (gate,), eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(hvp_through_layer(ours, x, weights, probe), (gate,), eps=1e-6, atol=1e-7)
     # torch's own training-mode batch_norm fails the same check (why plprune ships its own)
     torch_norm = torch.nn.BatchNorm1d(2, eps=1e-12).double()
     assert not torch.autograd.gradcheck(
-        _third_order(torch_norm, x, weights, probe), (gate,), eps=1e-6, atol=1e-7, raise_exception=False
+        hvp_through_layer(torch_norm, x, weights, probe), (gate,), eps=1e-6, atol=1e-7, raise_exception=False
     )
 
 

@@ -5,19 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from derivatives import hvp_through_layer
 from plprune.models.layers import LayerNorm
-
-
-def _third_order(norm, x: torch.Tensor, weights: torch.Tensor, probe: torch.Tensor):
-    """A Hessian-vector product through ``norm``, made a function of a gate: a third-order quantity."""
-
-    def fn(gate: torch.Tensor) -> torch.Tensor:
-        y = (norm(x * gate) * weights).sum() ** 2
-        (g,) = torch.autograd.grad(y, x, create_graph=True)
-        (hv,) = torch.autograd.grad((g * probe).sum(), x, create_graph=True)
-        return (hv * probe).sum()
-
-    return fn
 
 
 def test_values_and_gradients_match_torch_layer_norm() -> None:
@@ -41,9 +30,9 @@ def test_third_derivative_is_exact() -> None:
     probe = torch.randint(0, 2, (3, 6)).double() * 2 - 1
     gate = (torch.rand(6, dtype=torch.float64) + 0.5).requires_grad_()
     ours = LayerNorm(6, eps=1e-12).double()
-    assert torch.autograd.gradcheck(_third_order(ours, x, weights, probe), (gate,), eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(hvp_through_layer(ours, x, weights, probe), (gate,), eps=1e-6, atol=1e-7)
     # torch's own layer_norm fails the same check (why plprune ships its own)
     torch_norm = torch.nn.LayerNorm(6, eps=1e-12).double()
     assert not torch.autograd.gradcheck(
-        _third_order(torch_norm, x, weights, probe), (gate,), eps=1e-6, atol=1e-7, raise_exception=False
+        hvp_through_layer(torch_norm, x, weights, probe), (gate,), eps=1e-6, atol=1e-7, raise_exception=False
     )

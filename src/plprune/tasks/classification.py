@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from plprune.data.images import ClassificationData
 from plprune.errors import DataError, PlpruneError
 from plprune.seeding import generator
+from plprune.tasks.sampling import EpochSampler
 from plprune.validation import check_choice, check_non_negative_int, check_positive_int
 
 __all__ = ["KERNEL_OUTPUTS", "ClassificationTask", "check_model_input"]
@@ -61,24 +62,16 @@ class ClassificationTask:
                 f"the {data.source} training split has {n_train} samples, fewer than one batch of "
                 f"{self.batch_size}; lower --batch-size or use more samples"
             )
-        self.steps_per_epoch = n_train // self.batch_size
-        self._epoch_order: tuple[int, Tensor] | None = None
+        self.sampler = EpochSampler(n_train, self.batch_size, self.seed)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
         eval_size = self.eval_batches * self.batch_size
         sample = torch.randperm(n_train, generator=generator(seed, "train-eval-sample"))[:eval_size]
         self._train_eval = (data.train_x[sample], data.train_y[sample])
         self._test_eval = (data.test_x[:eval_size], data.test_y[:eval_size])
 
-    def _order(self, epoch: int) -> Tensor:
-        if self._epoch_order is None or self._epoch_order[0] != epoch:
-            n = self.data.train_x.shape[0]
-            self._epoch_order = (epoch, torch.randperm(n, generator=generator(self.seed, "epoch", epoch)))
-        return self._epoch_order[1]
-
     def train_batch(self, step: int) -> tuple[Tensor, Tensor]:
         """Batch number ``step`` (0-based) of the epoch-wise seeded permutation: ``(inputs, labels)``."""
-        check_non_negative_int("step", step)
-        epoch, position = divmod(step, self.steps_per_epoch)
-        index = self._order(epoch)[position * self.batch_size : (position + 1) * self.batch_size]
+        index = self.sampler.indices(step)
         return self.data.train_x[index], self.data.train_y[index]
 
     def _logits(self, model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from plprune.data import MlmData, MlmMasker, fixed_masked_batches
 from plprune.errors import DataError
 from plprune.seeding import generator
+from plprune.tasks.sampling import EpochSampler
 from plprune.train.metrics import perplexity
 from plprune.validation import check_choice, check_positive_int
 
@@ -40,8 +41,8 @@ class MlmTask:
                 f"the training split has {n_train} blocks of {data.train_blocks.shape[1]} tokens, fewer than "
                 f"one batch of {self.batch_size}; lower --batch-size or --seq-len, or use a larger corpus"
             )
-        self.steps_per_epoch = n_train // self.batch_size
-        self._epoch_order: tuple[int, Tensor] | None = None
+        self.sampler = EpochSampler(n_train, self.batch_size, seed)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
         eval_blocks = self.eval_batches * self.batch_size
         train_sample = torch.randperm(n_train, generator=generator(seed, "train-eval-sample"))[:eval_blocks]
         self._train_eval = fixed_masked_batches(
@@ -52,16 +53,9 @@ class MlmTask:
         )
         self._test_eval_full: list[tuple[Tensor, Tensor]] | None = None
 
-    def _order(self, epoch: int) -> Tensor:
-        if self._epoch_order is None or self._epoch_order[0] != epoch:
-            n = self.data.train_blocks.shape[0]
-            self._epoch_order = (epoch, torch.randperm(n, generator=generator(self.seed, "epoch", epoch)))
-        return self._epoch_order[1]
-
     def train_batch(self, step: int) -> tuple[Tensor, Tensor]:
         """Batch number ``step`` (0-based): epoch-wise seeded permutation, seeded MLM masking."""
-        epoch, position = divmod(step, self.steps_per_epoch)
-        index = self._order(epoch)[position * self.batch_size : (position + 1) * self.batch_size]
+        index = self.sampler.indices(step)
         return self.masker(self.data.train_blocks[index], generator(self.seed, "mask", step))
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
