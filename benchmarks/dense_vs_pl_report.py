@@ -1,0 +1,313 @@
+"""Tables and plots for benchmarks/dense_vs_pl.py, in the paper's formats.
+
+Masked LM (Tables 1/2): train PPL at three checkpoints, final test PPL, ΔPPL. Classification (Tables 3/5):
+train loss at two checkpoints, test accuracy at two checkpoints and final. Every table: mean ± std over seeds,
+wall time, pruning overhead, the paired ratio to dense (same seed) and when each method reaches dense's
+final test metric.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from plprune.table import format_table
+
+
+def _mean_std(values: list[float | None]) -> tuple[float, float]:
+    clean = [v for v in values if v is not None and math.isfinite(v)]
+    if not clean:
+        return float("nan"), float("nan")
+    return statistics.fmean(clean), (statistics.stdev(clean) if len(clean) > 1 else 0.0)
+
+
+def _fmt(values: list[float | None], digits: int = 2) -> str:
+    mean, std = _mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if math.isfinite(mean) else "n/a"
+
+
+def _periodic(history: list[dict]) -> list[dict]:
+    return [r for r in history if not r.get("final")]
+
+
+def _at_step(history: list[dict], step: int, key: str) -> float | None:
+    return next((r[key] for r in _periodic(history) if r["step"] == step), None)
+
+
+def _steps_to_reach(history: list[dict], key: str, target: float, higher_is_better: bool) -> int | None:
+    def reached(value: float) -> bool:
+        return value >= target if higher_is_better else value <= target
+
+    hit = next((r["step"] for r in _periodic(history) if reached(r[key])), None)
+    if hit is None and reached(history[-1][key]):
+        hit = history[-1]["step"]
+    return hit
+
+
+def load_runs(out: Path, variants: list[str], seeds: list[int]) -> dict[str, dict[int, dict]]:
+    """``{variant: {seed: summary}}`` of finished runs; a corrupt summary is skipped and named."""
+    runs: dict[str, dict[int, dict]] = {}
+    for variant in variants:
+        for seed in seeds:
+            path = out / "runs" / f"{variant}-s{seed}" / "summary.json"
+            if not path.exists():
+                continue
+            try:
+                runs.setdefault(variant, {})[seed] = json.loads(path.read_text())
+            except json.JSONDecodeError as error:
+                print(f"skipping corrupt {path}: {error}")
+    return runs
+
+
+def _metric_family(summary: dict) -> dict[str, Any]:
+    if "test_ppl" in summary["final"]:
+        return {
+            "kind": "mlm",
+            "train_key": "train_ppl",
+            "train_title": "train PPL",
+            "test_key": "test_ppl",
+            "test_title": "test PPL",
+            "higher_is_better": False,
+            "train_checkpoints": 3,
+        }
+    return {
+        "kind": "classification",
+        "train_key": "train_loss",
+        "train_title": "train loss",
+        "test_key": "test_accuracy",
+        "test_title": "test acc %",
+        "higher_is_better": True,
+        "train_checkpoints": 2,
+    }
+
+
+def summarise(runs: dict[str, dict[int, dict]]) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
+    """Table rows (one per variant), their columns, and per-run details for results.json."""
+    any_run = next(iter(next(iter(runs.values())).values()))
+    family = _metric_family(any_run)
+    steps = [r["step"] for r in _periodic(any_run["history"])]
+    n = family["train_checkpoints"]
+    checkpoints = sorted({steps[min(len(steps) - 1, (i * len(steps)) // n)] for i in range(1, n + 1)})
+    dense = runs.get("dense", {})
+    test_key, higher = family["test_key"], family["higher_is_better"]
+    dense_target = _mean_std([s["final"][test_key] for s in dense.values()])[0] if dense else None
+    total = any_run["steps"]
+    rows, details = [], {}
+    for variant, by_seed in runs.items():
+        summaries = list(by_seed.values())
+        row: dict[str, Any] = {"method": variant, "seeds": len(summaries)}
+        for step in checkpoints:
+            row[f"{family['train_title']} @{step}"] = _fmt(
+                [_at_step(s["history"], step, family["train_key"]) for s in summaries]
+            )
+        if family["kind"] == "classification":
+            for step in checkpoints:
+                row[f"test acc @{step}"] = _fmt([_at_step(s["history"], step, test_key) for s in summaries])
+        row[f"final {family['test_title']}"] = _fmt([s["final"][test_key] for s in summaries])
+        if family["kind"] == "mlm":
+            row["ΔPPL"] = _fmt([s["final"]["delta_ppl"] for s in summaries])
+        walls = [s["final"]["wall_time"] - s["final"].get("diagnostics_seconds", 0.0) for s in summaries]
+        row["train wall (s)"] = _fmt(walls, 0)
+        prune = [s["final"].get("prune_seconds", 0.0) for s in summaries]
+        row["pruning overhead %"] = _fmt([100 * p / w for p, w in zip(prune, walls, strict=True)])
+        if dense:
+            row["test / dense (paired)"] = _fmt(
+                [
+                    s["final"][test_key] / dense[seed]["final"][test_key]
+                    for seed, s in by_seed.items()
+                    if seed in dense
+                ],
+                3,
+            )
+            reach = [_steps_to_reach(s["history"], test_key, dense_target, higher) for s in summaries]
+            hits = [r / total for r in reach if r is not None]
+            row["reaches dense final (× steps)"] = (
+                f"{_fmt(hits)} ({len(hits)}/{len(reach)})" if hits else f"no (0/{len(reach)})"
+            )
+        rows.append(row)
+        details[variant] = {
+            str(seed): {
+                "final": s["final"],
+                "nonzero_parameters": s.get("nonzero_parameters"),
+                "parameters": s.get("parameters"),
+                "pruning_events": [
+                    {
+                        k: e.get(k)
+                        for k in (
+                            "step",
+                            "ratio",
+                            "pruned_ratio",
+                            "before",
+                            "after",
+                            "scoring_seconds",
+                            "mask",
+                            "gates",
+                        )
+                    }
+                    for e in s.get("pruning_events", [])
+                ],
+            }
+            for seed, s in by_seed.items()
+        }
+    columns = list(rows[0])
+    for row in rows[1:]:
+        columns += [c for c in row if c not in columns]
+    return rows, columns, {"family": family, "checkpoints": checkpoints, "runs": details}
+
+
+def plot_curves(runs: dict[str, dict[int, dict]], family: dict[str, Any], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = (family["train_key"], family["test_key"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for variant, by_seed in runs.items():
+        histories = [_periodic(s["history"]) for s in by_seed.values()]
+        steps = [r["step"] for r in histories[0]]
+        for ax, key in zip(axes, keys, strict=True):
+            curves = list(zip(*[[r[key] for r in h] for h in histories], strict=True))
+            (line,) = ax.plot(steps, [statistics.fmean(v) for v in curves], label=variant)
+            ax.fill_between(
+                steps, [min(v) for v in curves], [max(v) for v in curves], color=line.get_color(), alpha=0.15
+            )
+    for ax, key in zip(axes, keys, strict=True):
+        if family["kind"] == "mlm":
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title + " — mean and min-max over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_group_heatmap(summary: dict, path: Path) -> bool:
+    """Per-group log10 condition number of the tangent kernel at the (first) PL event, kept groups marked
+    (paper Fig. 1d / Fig. 2): one row per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    events = [e for e in summary.get("pruning_events", []) if "features" in e]
+    if not events:
+        return False
+    event = events[0]
+    names = event["groups"]
+    layers = sorted({name.split(":L")[1].split(".")[0] for name in names}, key=int)
+    width = max(int(name.rsplit(".", 1)[1]) for name in names) + 1
+    grid = np.full((len(layers), width), np.nan)
+    kept = np.zeros((len(layers), width), dtype=bool)
+    for name, condition, keep in zip(
+        names, event["features"]["condition_number"], event["mask"], strict=True
+    ):
+        layer, index = name.split(":L")[1].split(".")
+        grid[layers.index(layer), int(index)] = math.log10(condition)
+        kept[layers.index(layer), int(index)] = keep
+    fig, ax = plt.subplots(figsize=(1.5 + min(width, 40) * 0.45, 1.2 + len(layers) * 0.5))
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    for (row, col), keep in np.ndenumerate(kept):
+        if keep:
+            ax.text(col, row, "●", ha="center", va="center", color="white", fontsize=7)
+    ax.set_xlabel("group index in layer")
+    ax.set_ylabel("layer")
+    ax.set_title(f"log10 cond(K_i) at step {event['step']}; ● = kept ({int(kept.sum())}/{len(names)})")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_report(out: Path, variants: list[str], seeds: list[int], meta: dict[str, Any]) -> None:
+    runs = load_runs(out, variants, seeds)
+    if not runs:
+        print("no finished runs yet")
+        return
+    rows, columns, details = summarise(runs)
+    first_variant = next(iter(runs))
+    config = json.loads(
+        (out / "runs" / f"{first_variant}-s{min(runs[first_variant])}" / "config.json").read_text()
+    )
+    (out / "results.json").write_text(
+        json.dumps({"meta": meta, "config": config, "rows": rows, **details}, indent=2) + "\n"
+    )
+    with (out / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows([{c: r.get(c, "") for c in columns} for r in rows])
+    task = config["task"]
+    data = (
+        "WikiText-2: trained on valid.txt, evaluated on test.txt (the training split is not available "
+        "offline)"
+        if task.endswith("wikitext2")
+        else f"{task.split('-')[1]} (generated/bundled, offline)"
+    )
+    if config["data"].get("train_fraction", 1.0) < 1.0:
+        data += f"; training on the first {config['data']['train_fraction']:.0%} of the training blocks only"
+    plot_curves(runs, details["family"], out / "curves.png", f"{task}")
+    heatmap = "pl" in runs and plot_group_heatmap(
+        runs["pl"][min(runs["pl"])], out / "groups_condition_heatmap.png"
+    )
+    curvature = []
+    for variant, by_seed in runs.items():
+        events = [e for s in by_seed.values() for e in s.get("pruning_events", []) if "before" in e]
+        if events:
+            curvature.append(
+                {
+                    "method": variant,
+                    "events": len(events),
+                    "NTK cond before": _fmt([e["before"]["ntk_condition_number"] for e in events], 1),
+                    "NTK cond after": _fmt([e["after"]["ntk_condition_number"] for e in events], 1),
+                    "Tr(H) before": _fmt([e["before"]["hessian_trace"] for e in events], 3),
+                    "Tr(H) after": _fmt([e["after"]["hessian_trace"] for e in events], 3),
+                }
+            )
+    prune = config["prune"]
+    schedule = (
+        f"one-shot at {prune['prune_at']}"
+        if prune["schedule"] == "one-shot"
+        else f"{prune['schedule']} from {prune['prune_at']} to {prune.get('prune_end')} every "
+        f"{prune.get('prune_every')}"
+    )
+    lines = [
+        f"# Dense vs PL: {task} (CPU scale)",
+        "",
+        f"Data: {data}.  ",
+        f"Model: {config['model']}; training: {config['train']}.  ",
+        f"Pruning: {prune.get('kind_ratios') or prune['ratio']} of the groups, {schedule} (e = epochs).  ",
+        f"Seeds {seeds}; mean ± std over seeds; ablations run on the first seed only. Wall time: training "
+        "steps including pruning work, excluding evaluation and the optional curvature diagnostics; runs "
+        "share 2 cores two at a time, so wall times are comparable only roughly.",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}",
+        "",
+        "## Results",
+        "",
+        format_table(rows, columns, markdown=True),
+        "",
+        "Variants: " + "; ".join(f"**{v}**: {meta['variants'][v]}" for v in runs),
+        "",
+    ]
+    if curvature:
+        lines += [
+            "## Curvature around pruning events (group weights; 16 samples, 8 Hutchinson probes)",
+            "",
+            format_table(curvature, list(curvature[0]), markdown=True),
+            "",
+        ]
+    lines += ["![curves](curves.png)", ""]
+    if heatmap:
+        lines += ["![per-group condition numbers](groups_condition_heatmap.png)", ""]
+    (out / "REPORT.md").write_text("\n".join(lines))
+    print("\n".join(lines))
