@@ -91,7 +91,8 @@ def summarise(runs: dict[str, dict[int, dict]]) -> tuple[list[dict[str, Any]], l
     family = _metric_family(any_run)
     steps = [r["step"] for r in _periodic(any_run["history"])]
     n = family["train_checkpoints"]
-    checkpoints = sorted({steps[min(len(steps) - 1, (i * len(steps)) // n)] for i in range(1, n + 1)})
+    # n evenly spaced evaluation steps ending at the last one: indices ceil(i·len/n) − 1, i = 1..n
+    checkpoints = sorted({steps[math.ceil(i * len(steps) / n) - 1] for i in range(1, n + 1)})
     dense = runs.get("dense", {})
     test_key, higher = family["test_key"], family["higher_is_better"]
     dense_target = _mean_std([s["final"][test_key] for s in dense.values()])[0] if dense else None
