@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -128,19 +127,18 @@ class PLScorer(GroupScorer):
                 gates = net(inputs)
                 with groups.soft_gates(gates.to(weights[0].dtype)):
                     loss = context.task.loss(model, batch)
-                    trace = (
-                        hutchinson_trace(
+                    trace = None
+                    objective = loss
+                    if cfg.alpha > 0:  # α = 0: loss-only gate training, no Hessian work at all
+                        trace = hutchinson_trace(
                             _hessian_scalar(cfg.hessian_scalar, context, batch, loss),
                             weights,
                             num_probes=cfg.num_probes,
                             distribution=cfg.probe_distribution,
                             generator=probes,
-                            create_graph=cfg.alpha > 0,
+                            create_graph=True,
                         )
-                        if cfg.alpha > 0
-                        else None
-                    )
-                    objective = loss + cfg.alpha * trace.mean if trace is not None else loss
+                        objective = loss + cfg.alpha * trace.mean
                 if not torch.isfinite(objective):
                     skipped += 1
                     continue
@@ -177,6 +175,3 @@ class PLScorer(GroupScorer):
             pl_config=asdict(cfg),
         )
         return final_gates
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
