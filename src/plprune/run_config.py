@@ -15,7 +15,13 @@ from typing import Any
 from plprune.errors import PlpruneError
 from plprune.pruners.pl import PLConfig
 from plprune.train.config import TrainConfig
-from plprune.validation import check_choice, check_positive_int, check_probability
+from plprune.validation import (
+    check_choice,
+    check_non_negative_float,
+    check_non_negative_int,
+    check_positive_int,
+    check_probability,
+)
 
 TOKENIZERS = ("word", "bpe")
 
@@ -79,9 +85,6 @@ class ModelConfig:
             raise PlpruneError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
 
 
-METHODS = ("dense", "pl", "random")
-
-
 @dataclass
 class PruneConfig:
     """Which method prunes which groups when (``method = "dense"`` trains without pruning).
@@ -89,6 +92,11 @@ class PruneConfig:
     ``prune_at``/``prune_end``/``prune_every`` are times: steps (``800``) or epochs (``"5e"``). ``kinds``:
     which groups are prunable (default: the task's, e.g. heads for BERT, experts for Switch);
     ``kind_ratios``: a final ratio per kind (e.g. ``{"head": 0.5, "expert": 0.5}``) instead of ``ratio``.
+    ``method``: one of :data:`plprune.pruners.registry.METHOD_NAMES`. ``score_batches``: training batches the
+    data-driven baselines (grad-score, SNIP, GraSP, CHIP) average over; ``rewind_at``: IMP's rewinding time
+    (default: 5% of training, paper E.3); ``sparsity_strength``: DPFPS's l1 coefficient on BN scales;
+    ``curvature_every``: every N steps, log the NTK condition number and Hessian trace at the evaluation
+    (0 = off; also for dense runs; Fig. 3/5).
     """
 
     method: str = "dense"
@@ -101,16 +109,24 @@ class PruneConfig:
     kinds: tuple[str, ...] | None = None
     kind_ratios: dict[str, float] | None = None
     diagnostics: bool = True
+    score_batches: int = 4
+    rewind_at: str | None = None
+    sparsity_strength: float = 1e-4
+    curvature_every: int = 0
     pl: PLConfig = field(default_factory=PLConfig)
 
     def __post_init__(self) -> None:
         from plprune.groups import check_kinds
+        from plprune.pruners.registry import get_method
         from plprune.schedules import SCHEDULES
 
-        check_choice("method", self.method, METHODS)
+        get_method(self.method)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_probability("prune ratio", self.ratio)
         check_positive_int("rounds", self.rounds)
+        check_positive_int("score_batches", self.score_batches)
+        check_non_negative_float("sparsity_strength", self.sparsity_strength)
+        check_non_negative_int("curvature_every", self.curvature_every)
         if self.kinds is not None:
             self.kinds = check_kinds(tuple(self.kinds))
         if self.kind_ratios is not None:

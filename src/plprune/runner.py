@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from plprune.errors import RunDirError
+from plprune.gates import GroupSet
 from plprune.pruners.base import PRUNING_LOG
 from plprune.run_config import RunConfig, config_differences, save_config
 from plprune.tasks.registry import DEFAULT_KINDS, build_task
@@ -56,19 +57,20 @@ def prepare_run_dir(out: Path, config: RunConfig, resume: bool) -> Path:
     return out
 
 
-def build_pruning_callback(
+def build_pruning_callbacks(
     config: RunConfig, model: torch.nn.Module, steps_per_epoch: int
-) -> Callback | None:
-    """The pruning callback the config asks for (``None`` for ``method = "dense"``)."""
-    from plprune.gates import GroupSet
+) -> list[Callback]:
+    """The callbacks the config's method needs: the pruning callback first, then the method's extras
+    (IMP's weight rewinder, DPFPS's regulariser); none for ``method = "dense"``."""
     from plprune.pruners.base import Diagnostics, PruningCallback
-    from plprune.pruners.pl import PLScorer
-    from plprune.pruners.random import RandomScorer
+    from plprune.pruners.registry import check_method_kinds, get_method
     from plprune.schedules import build_schedule, parse_time
 
     prune = config.prune
-    if prune.method == "dense":
-        return None
+    spec = get_method(prune.method)
+    kinds = prune.kinds or DEFAULT_KINDS[config.task]
+    if spec.build_scorer is None:
+        return _curvature_tracker(config, GroupSet(model, kinds=kinds)) if prune.curvature_every else []
 
     def to_steps(value: str | None) -> int | None:
         return None if value is None else parse_time(value, steps_per_epoch)
@@ -82,17 +84,31 @@ def build_pruning_callback(
         rounds=prune.rounds,
     )
     schedule.validate(config.train.steps)
-    groups = GroupSet(model, kinds=prune.kinds or DEFAULT_KINDS[config.task])
-    scorer = PLScorer(prune.pl) if prune.method == "pl" else RandomScorer()
+    groups = GroupSet(model, kinds=kinds)
+    check_method_kinds(prune.method, groups.kinds)
     diagnostics = Diagnostics() if prune.diagnostics else None
-    return PruningCallback(
+    pruning = PruningCallback(
         groups,
-        scorer,
+        spec.build_scorer(prune),
         schedule,
         seed=config.train.seed,
         diagnostics=diagnostics,
         kind_ratios=prune.kind_ratios,
     )
+    extras = (
+        spec.build_extras(prune, groups, pruning, config.train.steps, steps_per_epoch)
+        if spec.build_extras
+        else []
+    )
+    return [pruning, *extras, *_curvature_tracker(config, groups)]
+
+
+def _curvature_tracker(config: RunConfig, groups: GroupSet) -> list[Callback]:
+    from plprune.pruners.tracking import CurvatureTracker
+
+    if not config.prune.curvature_every:
+        return []
+    return [CurvatureTracker(groups, config.prune.curvature_every, seed=config.train.seed)]
 
 
 def train_run(
@@ -109,14 +125,12 @@ def train_run(
     out = prepare_run_dir(out, config, resume)
     try:
         model, task = build_task(config, out)
-        pruning = build_pruning_callback(config, model, task.steps_per_epoch)
+        pruning = build_pruning_callbacks(config, model, task.steps_per_epoch)
     except Exception:
         if fresh:  # a setup error (bad data, bad schedule) leaves nothing behind
             shutil.rmtree(out, ignore_errors=True)
         raise
-    callbacks = list(callbacks or [])
-    if pruning is not None:
-        callbacks.insert(0, pruning)
+    callbacks = [*pruning, *(callbacks or [])]
     trainer = Trainer(model, task, config.train, out, callbacks, progress=progress)
     if resume:
         trainer.resume()
@@ -128,7 +142,7 @@ def train_run(
         "nonzero_parameters": sum(int(torch.count_nonzero(p)) for p in model.parameters()),
         "method": config.prune.method,
         "final": final,
-        "pruning_events": read_jsonl(out / PRUNING_LOG) if pruning is not None else [],
+        "pruning_events": read_jsonl(out / PRUNING_LOG) if pruning else [],
         "history": read_jsonl(out / METRICS_NAME),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -49,10 +49,20 @@ class PruneContext:
         return self.groups.model
 
 
+ALLOCATIONS = ("global", "per_layer")
+
+
 class GroupScorer(ABC):
-    """Scores for groups: higher = more worth keeping. One subclass per pruning criterion."""
+    """Scores for groups: higher = more worth keeping. One subclass per pruning criterion.
+
+    ``allocation`` says how scores are compared: ``"global"`` (default) ranks all groups of a kind together
+    (layer sparsity emerges from the scores, as in PL, IMP, SNIP); ``"per_layer"`` removes the same
+    fraction from every layer, ranking only within a layer (FPGM and CHIP, whose scores are not
+    comparable across layers).
+    """
 
     name: str = "scorer"
+    allocation: str = "global"
 
     @abstractmethod
     def scores(self, context: PruneContext) -> Tensor:
@@ -65,15 +75,35 @@ class GroupScorer(ABC):
         return None
 
 
-def select_mask(groups: GroupSet, scores: Tensor, ratio: float | Mapping[str, float]) -> Tensor:
+def select_mask(
+    groups: GroupSet, scores: Tensor, ratio: float | Mapping[str, float], allocation: str = "global"
+) -> Tensor:
     """Keep mask at pruned ratio ``ratio`` (one for all kinds, or ``{kind: ratio}``) for every kind
-    separately (global TopK within a kind, protected per layer); already pruned groups stay pruned."""
+    separately; already pruned groups stay pruned.
+
+    ``allocation="global"``: TopK over all groups of a kind, protected per layer (Alg. 2 line 8).
+    ``"per_layer"``: every layer of the kind keeps ``count − prune_count(count, ratio)`` of its groups
+    (at least one), the best-scored alive ones of that layer.
+    """
+    if allocation not in ALLOCATIONS:
+        raise PlpruneError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
     mask = groups.mask.clone()
     for kind in groups.kinds:
         kind_ratio = ratio if isinstance(ratio, (int, float)) else ratio.get(kind, 0.0)
         index = groups.kind_index(kind)
-        keep = len(index) - prune_count(len(index), kind_ratio)
-        mask[index] = protected_top_k(scores[index], keep, groups.layer_ids[index], alive=groups.mask[index])
+        if allocation == "global":
+            keep = len(index) - prune_count(len(index), kind_ratio)
+            mask[index] = protected_top_k(
+                scores[index], keep, groups.layer_ids[index], alive=groups.mask[index]
+            )
+            continue
+        for layer in torch.unique(groups.layer_ids[index]):
+            members = index[groups.layer_ids[index] == layer]
+            keep = max(1, len(members) - prune_count(len(members), kind_ratio))
+            keep = min(keep, int(groups.mask[members].sum()))
+            mask[members] = protected_top_k(
+                scores[members], keep, groups.layer_ids[members], alive=groups.mask[members]
+            )
     return mask
 
 
@@ -193,7 +223,7 @@ class PruningCallback(Callback):
         scoring_started = time.perf_counter()
         context = PruneContext(self.groups, task, step, event.ratio, self.events_done, self.seed)
         scores = self.scorer.scores(context)
-        mask = select_mask(self.groups, scores, self.event_ratios(event))
+        mask = select_mask(self.groups, scores, self.event_ratios(event), self.scorer.allocation)
         self.groups.apply_mask(mask)
         scoring_seconds = time.perf_counter() - scoring_started
         after_started = time.perf_counter()
