@@ -88,7 +88,16 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
     ("--checkpoint-every", "train", "checkpoint_every", int, "checkpoint every N steps; 0: only at the end"),
     ("--eval-batches", "train", "eval_batches", int, "batches per periodic evaluation (default 8)"),
     ("--seed", "train", "seed", int, "seed of initialisation, data order and masking (default 0)"),
-    ("--method", "prune", "method", str, "dense (default: no pruning), pl, or random (sanity floor)"),
+    (
+        "--method",
+        "prune",
+        "method",
+        str,
+        "dense (default), pl, random, imp, magnitude, grad-score, snip, grasp, fpgm, chip, dpfps",
+    ),
+    ("--score-batches", "prune", "score_batches", int, "baselines: batches a data-driven score averages (4)"),
+    ("--rewind-at", "prune", "rewind_at", str, "imp: rewinding time, steps or epochs (default 5%% of steps)"),
+    ("--sparsity-strength", "prune", "sparsity_strength", float, "dpfps: l1 strength on BN scales (1e-4)"),
     ("--prune-ratio", "prune", "ratio", float, "final fraction of groups removed, in [0, 1) (default 0.75)"),
     ("--schedule", "prune", "schedule", str, "one-shot (default), at-init, linear or iterative"),
     ("--prune-at", "prune", "prune_at", str, "when pruning starts: steps (800) or epochs (5e); default 5e"),
@@ -264,6 +273,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str) -> list[str]:
+    """``"a,b"`` or ``"a b"`` pieces → ``["a", "b"]``."""
+    return [t for t in text.replace(",", " ").split() if t]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import os
+
+    from plprune.bench.compare import run_jobs
+    from plprune.bench.report import write_report
+    from plprune.bench.suites import plan_suite
+
+    if args.out is None:
+        raise PlpruneError("compare needs --out DIR (new, or the same DIR to resume an interrupted suite)")
+    if args.workers < 1:
+        raise PlpruneError(f"--workers must be >= 1, got {args.workers}")
+    tasks = [t for chunk in args.tasks or [] for t in _names(chunk)]
+    methods = [m for chunk in args.methods or [] for m in _names(chunk)]
+    data_dir = args.data_dir or os.environ.get("PLPRUNE_DATA_DIR")
+    if data_dir:
+        data_dir = str(Path(data_dir).resolve())
+    jobs = plan_suite(
+        args.suite,
+        args.out,
+        tasks=tasks or None,
+        methods=methods or None,
+        seeds=args.seeds,
+        data_dir=data_dir,
+        ablations=not args.no_ablations,
+    )
+    command = "plprune " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else "plprune compare"
+    records = run_jobs(jobs, args.out, suite=args.suite, workers=args.workers, command=command)
+    failed = [r for r in records if r["error"]]
+    path = write_report(args.out)
+    print(f"\nreport written to {path}")
+    if failed:
+        print(f"{len(failed)} run(s) failed; see failed.txt in their run directories", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from plprune.bench.report import write_report
+
+    path = write_report(args.dir)
+    print(path.read_text(encoding="utf-8"))
+    print(f"\nreport written to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plprune",
@@ -286,6 +345,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, help="override the demo's number of steps")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(handler=cmd_demo)
+
+    from plprune.bench.suites import SUITES
+    from plprune.pruners.registry import METHOD_NAMES
+
+    compare = sub.add_parser(
+        "compare",
+        help="run tasks x methods x seeds (resumable) and write RESULTS.md with tables and plots",
+        description="Run a benchmark suite: every task x method x seed in its own run directory under "
+        "OUT/runs (finished runs are never re-run, so an interrupted suite resumes), then write the report. "
+        f"Suites: {'; '.join(f'{k}: {v.description}' for k, v in SUITES.items())}. "
+        f"Methods: {', '.join(METHOD_NAMES)}.",
+    )
+    compare.add_argument("--suite", default="quick", choices=list(SUITES), help="which suite (default quick)")
+    compare.add_argument("--tasks", nargs="+", help="only these tasks of the suite")
+    compare.add_argument("--methods", nargs="+", help="only these methods (plus their ablations)")
+    compare.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the suite's)")
+    compare.add_argument("--no-ablations", action="store_true", help="skip the suite's ablation runs")
+    compare.add_argument("--data-dir", help="WikiText-2 directory (or env PLPRUNE_DATA_DIR)")
+    compare.add_argument("--workers", type=int, default=2, help="parallel runs, one thread each (default 2)")
+    compare.add_argument("--out", type=Path, help="results directory")
+    compare.set_defaults(handler=cmd_compare)
+
+    report = sub.add_parser("report", help="write RESULTS.md, results.json/csv and plots for a compare DIR")
+    report.add_argument("dir", type=Path, help="the --out directory of plprune compare")
+    report.set_defaults(handler=cmd_report)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Comparisons across tasks, methods and seeds: suites, the resumable runner, and the report."""
