@@ -15,37 +15,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from plprune.bench.results import at_step as _at_step
+from plprune.bench.results import fmt as _fmt
+from plprune.bench.results import mean_std as _mean_std
+from plprune.bench.results import metric_family as _metric_family
+from plprune.bench.results import periodic as _periodic
+from plprune.bench.results import steps_to_reach as _steps_to_reach
 from plprune.table import format_table
-
-
-def _mean_std(values: list[float | None]) -> tuple[float, float]:
-    clean = [v for v in values if v is not None and math.isfinite(v)]
-    if not clean:
-        return float("nan"), float("nan")
-    return statistics.fmean(clean), (statistics.stdev(clean) if len(clean) > 1 else 0.0)
-
-
-def _fmt(values: list[float | None], digits: int = 2) -> str:
-    mean, std = _mean_std(values)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if math.isfinite(mean) else "n/a"
-
-
-def _periodic(history: list[dict]) -> list[dict]:
-    return [r for r in history if not r.get("final")]
-
-
-def _at_step(history: list[dict], step: int, key: str) -> float | None:
-    return next((r[key] for r in _periodic(history) if r["step"] == step), None)
-
-
-def _steps_to_reach(history: list[dict], key: str, target: float, higher_is_better: bool) -> int | None:
-    def reached(value: float) -> bool:
-        return value >= target if higher_is_better else value <= target
-
-    hit = next((r["step"] for r in _periodic(history) if reached(r[key])), None)
-    if hit is None and reached(history[-1][key]):
-        hit = history[-1]["step"]
-    return hit
 
 
 def load_runs(out: Path, variants: list[str], seeds: list[int]) -> dict[str, dict[int, dict]]:
@@ -61,28 +37,6 @@ def load_runs(out: Path, variants: list[str], seeds: list[int]) -> dict[str, dic
             except json.JSONDecodeError as error:
                 print(f"skipping corrupt {path}: {error}")
     return runs
-
-
-def _metric_family(summary: dict) -> dict[str, Any]:
-    if "test_ppl" in summary["final"]:
-        return {
-            "kind": "mlm",
-            "train_key": "train_ppl",
-            "train_title": "train PPL",
-            "test_key": "test_ppl",
-            "test_title": "test PPL",
-            "higher_is_better": False,
-            "train_checkpoints": 3,
-        }
-    return {
-        "kind": "classification",
-        "train_key": "train_loss",
-        "train_title": "train loss",
-        "test_key": "test_accuracy",
-        "test_title": "test acc %",
-        "higher_is_better": True,
-        "train_checkpoints": 2,
-    }
 
 
 def summarise(runs: dict[str, dict[int, dict]]) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
