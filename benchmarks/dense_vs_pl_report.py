@@ -11,10 +11,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import statistics
 from pathlib import Path
 from typing import Any
 
+from plprune.bench.plots import plot_curves
 from plprune.bench.results import at_step as _at_step
 from plprune.bench.results import fmt as _fmt
 from plprune.bench.results import mean_std as _mean_std
@@ -112,36 +112,6 @@ def summarise(runs: dict[str, dict[int, dict]]) -> tuple[list[dict[str, Any]], l
     for row in rows[1:]:
         columns += [c for c in row if c not in columns]
     return rows, columns, {"family": family, "checkpoints": checkpoints, "runs": details}
-
-
-def plot_curves(runs: dict[str, dict[int, dict]], family: dict[str, Any], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = (family["train_key"], family["test_key"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for variant, by_seed in runs.items():
-        histories = [_periodic(s["history"]) for s in by_seed.values()]
-        steps = [r["step"] for r in histories[0]]
-        for ax, key in zip(axes, keys, strict=True):
-            curves = list(zip(*[[r[key] for r in h] for h in histories], strict=True))
-            (line,) = ax.plot(steps, [statistics.fmean(v) for v in curves], label=variant)
-            ax.fill_between(
-                steps, [min(v) for v in curves], [max(v) for v in curves], color=line.get_color(), alpha=0.15
-            )
-    for ax, key in zip(axes, keys, strict=True):
-        if family["kind"] == "mlm":
-            ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_title(key)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(title + " — mean and min-max over seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_group_heatmap(summary: dict, path: Path) -> bool:

@@ -33,6 +33,7 @@ from plprune.pruners.structured import (
     loss_gradients,
     named_parameters,
     scoring_mode,
+    summed_gradients,
 )
 from plprune.validation import check_positive_int
 
@@ -50,10 +51,7 @@ def grasp_weight_scores(
     """
     params = named_parameters(model, param_names)
     batches = check_batches(batches)
-    gradient = [torch.zeros_like(p) for p in params]
-    for batch in batches:
-        for acc, grad in zip(gradient, loss_gradients(loss_fn(model, batch), params), strict=True):
-            acc.add_(grad.detach())
+    gradient = summed_gradients(model, loss_fn, batches, params)
     hessian_gradient = [torch.zeros_like(p) for p in params]
     for batch in batches:
         grads = loss_gradients(loss_fn(model, batch), params, create_graph=True)

@@ -20,9 +20,9 @@ from plprune.pruners.structured import (
     LossFn,
     check_batches,
     group_sums,
-    loss_gradients,
     named_parameters,
     scoring_mode,
+    summed_gradients,
 )
 from plprune.validation import check_positive_int
 
@@ -39,11 +39,7 @@ def snip_weight_scores(
     """
     params = named_parameters(model, param_names)
     batches = check_batches(batches)
-    total = [torch.zeros_like(p) for p in params]
-    for batch in batches:
-        grads = loss_gradients(loss_fn(model, batch), params)
-        for acc, grad in zip(total, grads, strict=True):
-            acc.add_(grad.detach())
+    total = summed_gradients(model, loss_fn, batches, params)
     return {
         name: (param.detach() * grad).abs()
         for name, param, grad in zip(param_names, params, total, strict=True)

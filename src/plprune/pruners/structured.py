@@ -102,3 +102,14 @@ def scoring_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+def summed_gradients(
+    model: nn.Module, loss_fn: LossFn, batches: Sequence[tuple[Tensor, ...]], params: Sequence[Tensor]
+) -> list[Tensor]:
+    """``∇ Σ_b loss_fn(model, batch_b)`` w.r.t. ``params``, one batch at a time, detached."""
+    total = [torch.zeros_like(p) for p in params]
+    for batch in batches:
+        for acc, grad in zip(total, loss_gradients(loss_fn(model, batch), params), strict=True):
+            acc.add_(grad.detach())
+    return total
