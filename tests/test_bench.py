@@ -222,6 +222,7 @@ def test_report_tables_claims_and_corrupt_files(tmp_path: Path) -> None:
     assert "random-s1" in text and "summary.json" in text  # the corrupt file is named, not fatal
     assert (tmp_path / "bert-pydoc_curves.png").stat().st_size > 0
     assert (tmp_path / "bert-pydoc_kept.png").stat().st_size > 0
+    assert (tmp_path / "bert-pydoc_time_to_dense.png").stat().st_size > 0
     rows = (tmp_path / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 5
     assert json.loads((tmp_path / "results.json").read_text())["skipped"]

@@ -142,3 +142,30 @@ def plot_curvature(runs: Runs, path: Path, title: str) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def plot_time_to_target(runs: Runs, family: dict[str, Any], target: float, path: Path, title: str) -> None:
+    """Test metric against training wall time (mean over seeds at each evaluation), with dense's final
+    test metric as a line: where a curve crosses it is Table 6's "time to reach dense"."""
+    plt = _pyplot()
+    key = family["test_key"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for variant, by_seed in runs.items():
+        histories = [periodic(s["history"]) for s in by_seed.values()]
+        length = min(len(h) for h in histories)
+        if not length:
+            continue
+        walls = [statistics.fmean(h[i].get("wall_time", math.nan) for h in histories) for i in range(length)]
+        values = [statistics.fmean(h[i].get(key, math.nan) for h in histories) for i in range(length)]
+        ax.plot(walls, values, marker=".", label=variant)
+    ax.axhline(target, color="black", linestyle="--", linewidth=1, label="dense final")
+    if family["kind"] == "mlm":
+        ax.set_yscale("log")
+    ax.set_xlabel("training wall time (s)")
+    ax.set_ylabel(key)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.suptitle(f"{title}: test metric vs wall time (Table 6)")
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from plprune.bench.plots import plot_curvature, plot_curves, plot_kept_heatmap
+from plprune.bench.plots import plot_curvature, plot_curves, plot_kept_heatmap, plot_time_to_target
 from plprune.bench.results import (
     LoadedResults,
     Runs,
@@ -385,6 +385,9 @@ def write_report(out: Path) -> Path:
                     format_table(reach, list(reach[0]), markdown=True),
                     "",
                 ]
+                target = mean_std([s["final"][family["test_key"]] for s in main_runs["dense"].values()])[0]
+                plot_time_to_target(main_runs, family, target, out / f"{task}_time_to_dense.png", task)
+                lines += [f"![test metric vs wall time]({task}_time_to_dense.png)", ""]
             task_json.update(
                 rows=rows, reach=reach, checkpoints=marks, columns={c["title"]: c["values"] for c in columns}
             )
