@@ -73,6 +73,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "PL with a raw softmax (gates sum to 1)",
         {"method": "pl", "pl": {"scale_to_mean_one": False}},
     ),
+    "pl-logit-kernel": (
+        "PL with kernels of the true-class/true-token logit instead of the per-sample loss",
+        {"method": "pl", "pl": {"kernel_output": "logit"}},
+    ),
+    "pl-per-layer": (
+        "PL removing the same fraction from every layer (per-layer TopK) instead of a global TopK",
+        {"method": "pl", "allocation": "per_layer"},
+    ),
     "pl-early": ("PL pruning at epoch 1", {"method": "pl", "prune_at": "1e"}),
     "pl-late": ("PL pruning at epoch 12", {"method": "pl", "prune_at": "12e"}),
 }

@@ -243,6 +243,30 @@ def test_per_layer_allocation_removes_the_same_fraction_of_every_layer(scorer, t
     assert torch.equal(groups.mask, mask)
 
 
+def test_allocation_override_makes_a_global_scorer_prune_per_layer(tmp_path: Path) -> None:
+    """``allocation="per_layer"`` on the callback (``--allocation``) overrides a global scorer's ranking."""
+    model, task = tiny_resnet(), toy_task()
+    groups = GroupSet(model, kinds=("filter",))
+    # global scores that favour the last layer: a global TopK would empty the others down to protection
+    scores = groups.layer_ids.double() * 10 + torch.arange(len(groups)).double() / len(groups)
+
+    class Fixed(RandomScorer):
+        def scores(self, context):
+            return scores
+
+    assert Fixed().allocation == "global"
+    pruning = PruningCallback(
+        groups, Fixed(), OneShot(0, 0.5), log_path=tmp_path / "p.jsonl", allocation="per_layer"
+    )
+    record = pruning.prune(task, OneShot(0, 0.5).events()[0], 0)
+    assert record["allocation"] == "per_layer"
+    for layer in torch.unique(groups.layer_ids):
+        members = groups.layer_ids == layer
+        assert int((~groups.mask[members]).sum()) == prune_count(int(members.sum()), 0.5)
+    with pytest.raises(PlpruneError, match="allocation must be one of"):
+        PruningCallback(groups, Fixed(), OneShot(0, 0.5), allocation="by-size")
+
+
 # -- DPFPS ---------------------------------------------------------------------------------------------
 
 

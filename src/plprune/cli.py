@@ -105,6 +105,13 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
     ("--prune-every", "prune", "prune_every", str, "linear/iterative: time between pruning events"),
     ("--rounds", "prune", "rounds", int, "iterative schedule: number of pruning rounds (default 3)"),
     ("--kinds", "prune", "kinds", _kinds, "prunable groups, e.g. head or head,expert (default: the task's)"),
+    (
+        "--allocation",
+        "prune",
+        "allocation",
+        str,
+        "global (rank groups of a kind together) or per_layer (same fraction per layer); default: method's",
+    ),
     ("--kind-ratios", "prune", "kind_ratios", _kind_ratios, "final ratio per kind, e.g. head=0.5,expert=0.5"),
     ("--alpha", "pl", "alpha", float, "PL: weight of the Hessian-trace term (default 1, Alg. 2)"),
     (

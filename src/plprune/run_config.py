@@ -96,7 +96,8 @@ class PruneConfig:
     data-driven baselines (grad-score, SNIP, GraSP, CHIP) average over; ``rewind_at``: IMP's rewinding time
     (default: 5% of training, paper E.3); ``sparsity_strength``: DPFPS's l1 coefficient on BN scales;
     ``curvature_every``: every N steps, log the NTK condition number and Hessian trace at the evaluation
-    (0 = off; also for dense runs; Fig. 3/5).
+    (0 = off; also for dense runs; Fig. 3/5); ``allocation``: ``"global"`` (rank all groups of a kind
+    together) or ``"per_layer"`` (the same fraction from every layer); ``None``: the method's own.
     """
 
     method: str = "dense"
@@ -113,6 +114,7 @@ class PruneConfig:
     rewind_at: str | None = None
     sparsity_strength: float = 1e-4
     curvature_every: int = 0
+    allocation: str | None = None
     pl: PLConfig = field(default_factory=PLConfig)
 
     def __post_init__(self) -> None:
@@ -127,6 +129,10 @@ class PruneConfig:
         check_positive_int("score_batches", self.score_batches)
         check_non_negative_float("sparsity_strength", self.sparsity_strength)
         check_non_negative_int("curvature_every", self.curvature_every)
+        if self.allocation is not None:
+            from plprune.pruners.base import ALLOCATIONS
+
+            check_choice("allocation", self.allocation, ALLOCATIONS)
         if self.kinds is not None:
             self.kinds = check_kinds(tuple(self.kinds))
         if self.kind_ratios is not None:

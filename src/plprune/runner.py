@@ -94,6 +94,7 @@ def build_pruning_callbacks(
         seed=config.train.seed,
         diagnostics=diagnostics,
         kind_ratios=prune.kind_ratios,
+        allocation=prune.allocation,
     )
     extras = (
         spec.build_extras(prune, groups, pruning, config.train.steps, steps_per_epoch)

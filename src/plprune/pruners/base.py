@@ -156,6 +156,7 @@ class PruningCallback(Callback):
         diagnostics: Diagnostics | None = None,
         log_path: Path | None = None,
         kind_ratios: Mapping[str, float] | None = None,
+        allocation: str | None = None,
     ) -> None:
         """``kind_ratios`` (e.g. ``{"head": 0.5, "expert": 0.25}``) sets each kind's final ratio; each
         event then prunes every kind in proportion ``event.ratio / final schedule ratio``. Without it,
@@ -171,6 +172,9 @@ class PruningCallback(Callback):
         self.diagnostics_seconds = 0.0
         self.records: list[dict[str, Any]] = []
         self.kind_ratios = dict(kind_ratios) if kind_ratios else None
+        if allocation is not None and allocation not in ALLOCATIONS:
+            raise PlpruneError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+        self.allocation = allocation or scorer.allocation
         if self.kind_ratios is not None:
             unknown = set(self.kind_ratios) - set(groups.kinds)
             if unknown:
@@ -215,6 +219,7 @@ class PruningCallback(Callback):
             "ratio": event.ratio,
             "kind_ratios": self.event_ratios(event),
             "method": self.scorer.name,
+            "allocation": self.allocation,
         }
         probe_batch = task.train_batch(step)
         if self.diagnostics:
@@ -223,7 +228,7 @@ class PruningCallback(Callback):
         scoring_started = time.perf_counter()
         context = PruneContext(self.groups, task, step, event.ratio, self.events_done, self.seed)
         scores = self.scorer.scores(context)
-        mask = select_mask(self.groups, scores, self.event_ratios(event), self.scorer.allocation)
+        mask = select_mask(self.groups, scores, self.event_ratios(event), self.allocation)
         self.groups.apply_mask(mask)
         scoring_seconds = time.perf_counter() - scoring_started
         after_started = time.perf_counter()
