@@ -51,6 +51,7 @@ _ABLATION_TITLES = {
     "r50": "ratio sweep (Tables 10-13): 50%",
     "r75": "ratio sweep (Tables 10-13): 75%",
     "r90": "ratio sweep (Tables 10-13): 90%",
+    "per-layer": "allocation: same fraction per layer",
 }
 
 

@@ -8,7 +8,7 @@ Every run of a seed sees the same data order and the same number of steps.
 
 Ablations (paper Tables 8-13) are named ``METHOD@ABLATION`` and run on the suite's first seed:
 ``at-init``/``early``/``late`` (pruning time), ``one-shot``/``iterative`` (schedule), ``r50``/``r75``/``r90``
-(final ratio).
+(final ratio), ``per-layer`` (the same fraction from every layer instead of a global ranking).
 """
 
 from __future__ import annotations
@@ -134,6 +134,7 @@ SUITES: dict[str, Suite] = {
                     "pl@r90",
                     "random@r75",
                     "random@r90",
+                    "pl@per-layer",
                 ),
                 times={"every": "1e", "early": "1e", "late": "12e"},
             ),
@@ -141,7 +142,7 @@ SUITES: dict[str, Suite] = {
     ),
 }
 
-ABLATIONS = ("at-init", "early", "late", "one-shot", "iterative", "r50", "r75", "r90")
+ABLATIONS = ("at-init", "early", "late", "one-shot", "iterative", "r50", "r75", "r90", "per-layer")
 
 
 def ablation_overrides(name: str, times: dict[str, str], base_prune: dict[str, Any]) -> dict[str, Any]:
@@ -156,6 +157,8 @@ def ablation_overrides(name: str, times: dict[str, str], base_prune: dict[str, A
         return {"schedule": "iterative", "rounds": 3, "prune_every": times["every"]}
     if name in ("r50", "r75", "r90"):
         return {"ratio": int(name[1:]) / 100}
+    if name == "per-layer":
+        return {"allocation": "per_layer"}
     raise PlpruneError(f"unknown ablation {name!r}; valid: {', '.join(ABLATIONS)}")
 
 
