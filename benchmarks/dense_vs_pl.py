@@ -81,6 +81,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "PL removing the same fraction from every layer (per-layer TopK) instead of a global TopK",
         {"method": "pl", "allocation": "per_layer"},
     ),
+    "random-per-layer": (
+        "random groups, the same fraction from every layer",
+        {"method": "random", "allocation": "per_layer"},
+    ),
     "pl-early": ("PL pruning at epoch 1", {"method": "pl", "prune_at": "1e"}),
     "pl-late": ("PL pruning at epoch 12", {"method": "pl", "prune_at": "12e"}),
 }
