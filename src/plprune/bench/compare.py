@@ -89,9 +89,10 @@ def execute_job(job: Job) -> tuple[str, float, str | None]:
 def write_suite_file(out: Path, suite: str, jobs: list[Job], command: str, workers: int) -> None:
     import torch
 
-    info = {
+    info: dict[str, Any] = {
         "suite": suite,
         "command": command,
+        "commands": [command],
         "runs": [
             {"task": j.task, "variant": j.variant, "seed": j.seed, "dir": str(j.run_dir.relative_to(out))}
             for j in jobs
@@ -111,6 +112,8 @@ def write_suite_file(out: Path, suite: str, jobs: list[Job], command: str, worke
             old = json.loads(previous.read_text(encoding="utf-8"))
             seen = {r["dir"] for r in info["runs"]}
             info["runs"] = [r for r in old.get("runs", []) if r["dir"] not in seen] + info["runs"]
+            earlier = old.get("commands") or [old["command"]]
+            info["commands"] = [*earlier, command] if earlier[-1:] != [command] else earlier
         except (OSError, json.JSONDecodeError, KeyError, TypeError):
             pass
     atomic_write_text(previous, json.dumps(info, indent=2) + "\n")

@@ -331,7 +331,9 @@ def write_report(out: Path) -> Path:
     lines = [
         f"# plprune comparison: {suite.get('suite', out.name)}",
         "",
-        f"Command: `{suite.get('command', 'n/a')}`  ",
+        "Commands: "
+        + "; ".join(f"`{c}`" for c in suite.get("commands") or [suite.get("command", "n/a")])
+        + "  ",
         f"Machine: {suite.get('machine', 'n/a')}  ",
         "Each run: one process with one torch thread; runs of one seed see the same data order and the same "
         "number of steps. Mean ± sample std over seeds; **bold** = best mean in the column. Wall time: "
