@@ -30,6 +30,7 @@ from plprune.bench.results import (
     train_wall,
     wall_at_step,
 )
+from plprune.curvature import CONDITION_EPS
 from plprune.errors import PlpruneError
 from plprune.table import format_table
 
@@ -236,11 +237,15 @@ def _claims(runs: Runs, family: dict[str, Any]) -> list[str]:
         ]
         tracked[variant] = mean_std(last)[0]
     if all(math.isfinite(v) for v in tracked.values()):
-        lines.append(
-            f"- PL ends better conditioned than dense (NTK condition number at the last tracked evaluation, "
-            f"Fig. 3/5): **{'holds' if tracked['pl'] <= tracked['dense'] else 'does not hold'}** — "
-            f"{tracked['pl']:.1f} vs {tracked['dense']:.1f}."
+        claim = (
+            "- PL ends better conditioned than dense (NTK condition number at the last tracked evaluation, "
+            "Fig. 3/5): "
         )
+        if max(tracked.values()) >= 0.1 / CONDITION_EPS:  # λ_min at the floor: the kernel is singular
+            verdict = "**cannot be told** — the kernels are singular (condition numbers at the 1/ε cap)"
+        else:
+            verdict = f"**{'holds' if tracked['pl'] <= tracked['dense'] else 'does not hold'}** —"
+        lines.append(f"{claim}{verdict} {tracked['pl']:.3g} vs {tracked['dense']:.3g}.")
     return lines
 
 
