@@ -85,7 +85,7 @@ def plot_kept_heatmap(reference: dict, masks: dict[str, list[bool]], path: Path)
     fig, axes = plt.subplots(
         len(panels),
         1,
-        figsize=(2 + min(width, 64) * 0.22, 0.9 + len(panels) * (0.35 * len(layers) + 0.6)),
+        figsize=(max(7.0, 2 + min(width, 64) * 0.22), 0.9 + len(panels) * (0.35 * len(layers) + 0.6)),
         squeeze=False,
     )
     for ax, (method, mask) in zip(axes[:, 0], panels, strict=True):

@@ -263,7 +263,7 @@ def _ablation_rows(runs: Runs, ablations: list[str], family: dict[str, Any]) -> 
                     "ablation": _ABLATION_TITLES.get(name, name),
                     "seed": seed,
                     f"final {family['test_title']}": f"{value:.2f}",
-                    f"{method} main run": f"{base['final'][test_key]:.2f}" if base else "n/a",
+                    "main run (same method, seed)": f"{base['final'][test_key]:.2f}" if base else "n/a",
                     "ratio to main run": f"{value / base['final'][test_key]:.3f}" if base else "n/a",
                     "pruned": ", ".join(
                         f"{k} {v:.0%}"
@@ -416,7 +416,12 @@ def write_report(out: Path) -> Path:
                     ]
         if ablations:
             rows = _ablation_rows(runs, ablations, family)
-            lines += ["### Ablations (first seed)", "", format_table(rows, list(rows[0]), markdown=True), ""]
+            lines += [
+                "### Ablations (against the same method's main run of the same seed)",
+                "",
+                format_table(rows, list(rows[0]), markdown=True),
+                "",
+            ]
             task_json["ablations"] = rows
         json_out["tasks"][task] = task_json
         for variant, by_seed in runs.items():
