@@ -24,7 +24,7 @@ from plprune.models.resnet import ResNet
 from plprune.models.vgg import VGG
 from plprune.pruners.base import PruneContext, PruningCallback, select_mask
 from plprune.pruners.chip import CHIPScorer
-from plprune.pruners.dpfps import DPFPSRegulariser, DPFPSScorer, global_removal, progressive_factor
+from plprune.pruners.dpfps import DPFPSRegulariser, DPFPSScorer, progressive_factor
 from plprune.pruners.fpgm import FPGMScorer
 from plprune.pruners.random import RandomScorer
 from plprune.schedules import Linear, OneShot
@@ -394,7 +394,21 @@ def test_dpfps_regulariser_adds_the_progressive_l1_subgradient_on_the_expected_p
     assert (gamma_grad_change(model, grads) == 0).all()
 
 
-def test_vectorised_global_removal_equals_select_mask() -> None:
+def _greedy_protected_top_k(scores: torch.Tensor, keep: int, layer_ids: torch.Tensor, alive: torch.Tensor):
+    """The rule of Alg. 2 line 8 written out as loops: in score order (ties to the lower index), each
+    layer's best alive group first, then the best alive groups until ``keep``."""
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    mask = torch.zeros(len(scores), dtype=torch.bool)
+    for layer in torch.unique(layer_ids).tolist():
+        mask[next(i for i in order if int(layer_ids[i]) == layer and alive[i])] = True
+    for i in order:
+        if int(mask.sum()) >= keep:
+            break
+        mask[i] = mask[i] or bool(alive[i])
+    return mask
+
+
+def test_protected_top_k_equals_the_greedy_rule_on_filters() -> None:
     model = tiny_resnet()
     groups = GroupSet(model, kinds=("filter",))
     gen = torch.Generator().manual_seed(5)
@@ -403,12 +417,13 @@ def test_vectorised_global_removal_equals_select_mask() -> None:
             prune(groups, [0, 1, 2, 6, 7, 20])
         scores = torch.randint(0, 6 if trial % 2 else 1000, (len(groups),), generator=gen).double()  # ties
         for ratio in (0.0, 0.3, 0.5, 0.8):
-            if ratio < groups.pruned_ratio():  # would revive filters: both refuse
+            keep = len(groups) - prune_count(len(groups), ratio)
+            if ratio < groups.pruned_ratio():  # would revive filters: refused
                 with pytest.raises(PlpruneError, match="cannot keep"):
-                    global_removal(groups, scores, ratio)
+                    select_mask(groups, scores, ratio, "global")
                 continue
-            expected = groups.mask & ~select_mask(groups, scores, ratio, "global")
-            assert torch.equal(global_removal(groups, scores, ratio), expected)
+            expected = _greedy_protected_top_k(scores, keep, groups.layer_ids, groups.mask)
+            assert torch.equal(select_mask(groups, scores, ratio, "global"), expected)
 
 
 def test_progressive_factor_is_the_papers_sigmoid_over_steps() -> None:

@@ -90,16 +90,20 @@ def protected_top_k(scores: Tensor, keep: int, layer_ids: Tensor, alive: Tensor 
         )
     if keep > int(alive.sum()):
         raise PlpruneError(f"cannot keep {keep} groups: only {int(alive.sum())} are not pruned already")
+    # in score order: each layer's first alive group is protected; the next best alive groups fill the rest
     order = torch.sort(scores.detach().double(), descending=True, stable=True).indices
+    ordered_alive = alive[order]
+    ordered_layer = torch.unique(layer_ids, return_inverse=True)[1][order]
+    positions = torch.arange(p)
+    first = torch.full((len(layers),), p, dtype=torch.long)
+    first.scatter_reduce_(0, ordered_layer[ordered_alive], positions[ordered_alive], reduce="amin")
+    if bool((first == p).any()):
+        empty = int(layers[int((first == p).nonzero()[0])])
+        raise PlpruneError(f"layer {empty} has no alive group left to protect")
+    protected = torch.zeros(p, dtype=torch.bool)
+    protected[first] = True
+    others = ordered_alive & ~protected
+    kept = protected | (others & (torch.cumsum(others.long(), 0) <= keep - len(layers)))
     mask = torch.zeros(p, dtype=torch.bool)
-    for layer in layers:
-        candidates = [int(i) for i in order if layer_ids[i] == layer and alive[i]]
-        if not candidates:
-            raise PlpruneError(f"layer {int(layer)} has no alive group left to protect")
-        mask[candidates[0]] = True
-    for i in order.tolist():
-        if int(mask.sum()) >= keep:
-            break
-        if alive[i]:
-            mask[i] = True
+    mask[order] = kept
     return mask

@@ -66,8 +66,7 @@ from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
 from plprune.gates import GroupSet
-from plprune.gating import prune_count
-from plprune.pruners.base import GroupScorer, PruneContext, PruningCallback
+from plprune.pruners.base import GroupScorer, PruneContext, PruningCallback, select_mask
 from plprune.pruners.fpgm import filter_site_ranges
 from plprune.train.callbacks import Callback
 from plprune.validation import check_non_negative_float, check_non_negative_int
@@ -75,7 +74,7 @@ from plprune.validation import check_non_negative_float, check_non_negative_int
 if TYPE_CHECKING:
     from plprune.train.loop import Trainer
 
-__all__ = ["DPFPSRegulariser", "DPFPSScorer", "bn_scales", "global_removal", "progressive_factor"]
+__all__ = ["DPFPSRegulariser", "DPFPSScorer", "bn_scales", "progressive_factor"]
 
 
 def bn_scales(groups: GroupSet, method: str = "DPFPS") -> list[tuple[nn.Parameter, int, int]]:
@@ -123,33 +122,6 @@ def _channel_params(groups: GroupSet, params: dict[str, nn.Parameter]) -> list[t
                 )
         layout.append((start, stop, names))
     return layout
-
-
-def global_removal(groups: GroupSet, scores: Tensor, ratio: float) -> Tensor:
-    """``(p,)`` bool: the alive groups that :func:`~plprune.pruners.base.select_mask` with global
-    allocation would remove at pruned ratio ``ratio`` — protected TopK (every layer keeps its best alive
-    group, then the highest scores; ties to the lower index) — computed without Python loops over groups,
-    since the regulariser needs it at every step (tested equal to ``select_mask``)."""
-    p = len(groups)
-    keep = p - prune_count(p, ratio)
-    order = torch.sort(scores.detach().double(), descending=True, stable=True).indices
-    alive = groups.mask[order]
-    layers = groups.layer_ids[order]
-    positions = torch.arange(p)
-    first = torch.full((int(groups.layer_ids.max()) + 1,), p, dtype=torch.long)
-    first.scatter_reduce_(0, layers[alive], positions[alive], reduce="amin")
-    first = first[first < p]
-    if keep < len(first) or keep > int(alive.sum()):
-        raise PlpruneError(
-            f"cannot keep {keep} of {p} filters with {int(alive.sum())} alive in {len(first)} layers"
-        )
-    protected = torch.zeros(p, dtype=torch.bool)
-    protected[first] = True
-    others = alive & ~protected
-    kept = protected | (others & (torch.cumsum(others.long(), 0) <= keep - len(first)))
-    keep_mask = torch.zeros(p, dtype=torch.bool)
-    keep_mask[order] = kept
-    return groups.mask & ~keep_mask
 
 
 def progressive_factor(step: int, end: int) -> float:
@@ -224,7 +196,7 @@ class DPFPSRegulariser(Callback):
         if self.pruning.events_done >= len(events):
             return target
         ratio = self.pruning.event_ratios(events[-1]).get("filter", 0.0)
-        removal = global_removal(groups, _gamma(self.scales, len(groups)).abs(), ratio)
+        removal = groups.mask & ~select_mask(groups, _gamma(self.scales, len(groups)).abs(), ratio)
         if not bool(removal.any()):
             return target
         sensitivity = self.taylor_sensitivity()
