@@ -263,7 +263,7 @@ def test_allocation_override_makes_a_global_scorer_prune_per_layer(tmp_path: Pat
     for layer in torch.unique(groups.layer_ids):
         members = groups.layer_ids == layer
         assert int((~groups.mask[members]).sum()) == prune_count(int(members.sum()), 0.5)
-    with pytest.raises(PlpruneError, match="allocation must be one of"):
+    with pytest.raises(PlpruneError, match="unknown allocation 'by-size'; valid: global, per_layer"):
         PruningCallback(groups, Fixed(), OneShot(0, 0.5), allocation="by-size")
 
 

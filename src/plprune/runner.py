@@ -143,7 +143,7 @@ def train_run(
         "nonzero_parameters": sum(int(torch.count_nonzero(p)) for p in model.parameters()),
         "method": config.prune.method,
         "final": final,
-        "pruning_events": read_jsonl(out / PRUNING_LOG) if pruning else [],
+        "pruning_events": read_jsonl(out / PRUNING_LOG),  # [] when nothing was pruned
         "history": read_jsonl(out / METRICS_NAME),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -23,7 +23,7 @@ from plprune.gates import GroupSet
 from plprune.gating import protected_top_k, prune_count
 from plprune.schedules import PruneEvent, Schedule
 from plprune.train.callbacks import Callback
-from plprune.validation import check_probability
+from plprune.validation import check_choice, check_probability
 
 if TYPE_CHECKING:
     from plprune.tasks.base import Task
@@ -85,8 +85,7 @@ def select_mask(
     ``"per_layer"``: every layer of the kind keeps ``count − prune_count(count, ratio)`` of its groups
     (at least one), the best-scored alive ones of that layer.
     """
-    if allocation not in ALLOCATIONS:
-        raise PlpruneError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+    check_choice("allocation", allocation, ALLOCATIONS)
     mask = groups.mask.clone()
     for kind in groups.kinds:
         kind_ratio = ratio if isinstance(ratio, (int, float)) else ratio.get(kind, 0.0)
@@ -172,9 +171,7 @@ class PruningCallback(Callback):
         self.diagnostics_seconds = 0.0
         self.records: list[dict[str, Any]] = []
         self.kind_ratios = dict(kind_ratios) if kind_ratios else None
-        if allocation is not None and allocation not in ALLOCATIONS:
-            raise PlpruneError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
-        self.allocation = allocation or scorer.allocation
+        self.allocation = check_choice("allocation", allocation or scorer.allocation, ALLOCATIONS)
         if self.kind_ratios is not None:
             unknown = set(self.kind_ratios) - set(groups.kinds)
             if unknown:
