@@ -21,7 +21,7 @@ from plprune.bench.results import mean_std as _mean_std
 from plprune.bench.results import metric_family as _metric_family
 from plprune.bench.results import periodic as _periodic
 from plprune.bench.results import steps_to_reach as _steps_to_reach
-from plprune.table import format_table
+from plprune.table import format_table, markdown_section
 
 
 def load_runs(out: Path, variants: list[str], seeds: list[int]) -> dict[str, dict[int, dict]]:
@@ -225,12 +225,9 @@ def write_report(out: Path, variants: list[str], seeds: list[int], meta: dict[st
         "",
     ]
     if curvature:
-        lines += [
-            "## Curvature around pruning events (group weights; 16 samples, 8 Hutchinson probes)",
-            "",
-            format_table(curvature, list(curvature[0]), markdown=True),
-            "",
-        ]
+        lines += markdown_section(
+            "## Curvature around pruning events (group weights; 16 samples, 8 Hutchinson probes)", curvature
+        )
     lines += ["![curves](curves.png)", ""]
     if heatmap:
         lines += ["![per-group condition numbers](groups_condition_heatmap.png)", ""]

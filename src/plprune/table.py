@@ -31,3 +31,9 @@ def format_table(
         else "  ".join("-" * w for w in widths)
     )
     return "\n".join([line(list(columns)), separator, *(line(r) for r in cells)])
+
+
+def markdown_section(heading: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> list[str]:
+    """Report lines: ``heading``, a blank line, the markdown table of ``rows`` (columns: the first row's
+    keys unless given), a blank line."""
+    return [heading, "", format_table(rows, columns or list(rows[0]), markdown=True), ""]

@@ -32,7 +32,7 @@ from plprune.bench.results import (
 )
 from plprune.curvature import CONDITION_EPS
 from plprune.errors import PlpruneError
-from plprune.table import format_table
+from plprune.table import markdown_section
 
 WIKITEXT_NOTE = (
     "WikiText-2: trained on valid.txt, evaluated on test.txt (the training split is not available here)"
@@ -383,16 +383,11 @@ def write_report(out: Path) -> Path:
             columns = _main_columns(main_runs, family, marks)
             lead = {v: {"method": v, "seeds": len(main_runs[v])} for v in main}
             rows, titles = _render(columns, main, lead)
-            lines += ["### Results", "", format_table(rows, titles, markdown=True), ""]
+            lines += markdown_section("### Results", rows, titles)
             lines += ["### Which claims hold here", "", *_claims(main_runs, family), ""]
             reach = _reach_table(main_runs, family)
             if reach:
-                lines += [
-                    "### Time to reach dense's final test metric (Table 6)",
-                    "",
-                    format_table(reach, list(reach[0]), markdown=True),
-                    "",
-                ]
+                lines += markdown_section("### Time to reach dense's final test metric (Table 6)", reach)
                 target = mean_std([s["final"][family["test_key"]] for s in main_runs["dense"].values()])[0]
                 plot_time_to_target(main_runs, family, target, out / f"{task}_time_to_dense.png", task)
                 lines += [f"![test metric vs wall time]({task}_time_to_dense.png)", ""]
@@ -416,12 +411,9 @@ def write_report(out: Path) -> Path:
                     ]
         if ablations:
             rows = _ablation_rows(runs, ablations, family)
-            lines += [
-                "### Ablations (against the same method's main run of the same seed)",
-                "",
-                format_table(rows, list(rows[0]), markdown=True),
-                "",
-            ]
+            lines += markdown_section(
+                "### Ablations (against the same method's main run of the same seed)", rows
+            )
             task_json["ablations"] = rows
         json_out["tasks"][task] = task_json
         for variant, by_seed in runs.items():
