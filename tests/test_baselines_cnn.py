@@ -18,7 +18,7 @@ from torch import nn
 from plprune.data.images import ClassificationData
 from plprune.errors import PlpruneError
 from plprune.gates import GroupSet
-from plprune.gating import prune_count
+from plprune.keep import prune_count
 from plprune.models.filters import GatedConvBN
 from plprune.models.resnet import ResNet
 from plprune.models.vgg import VGG
@@ -188,11 +188,12 @@ def test_chip_matches_numpy_nuclear_norms_of_independently_captured_maps(build, 
     alive = prune(groups, [2, 7])
     model.train()
     before = state_copy(model)
+    hooks = hook_counts(model)
     scorer = CHIPScorer(batches=2, samples=3)
     scores = scorer.scores(context(groups, task, step=5))
     assert scorer.name == "chip" and scorer.allocation == "per_layer"
     assert model.training, "the previous mode must be restored"
-    assert all(not m._forward_hooks for m in model.modules()), "hooks must be removed"
+    assert hook_counts(model) == hooks, "CHIP's hooks must be removed"
     assert_state_unchanged(model, before)  # eval mode: BN running statistics untouched too
     inputs = [task.train_batch(5 + b)[0][:3] for b in range(2)]
     expected = chip_reference(model, inputs, alive)
@@ -200,6 +201,11 @@ def test_chip_matches_numpy_nuclear_norms_of_independently_captured_maps(build, 
     np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-9, atol=1e-9)
     assert (scores[~groups.mask] == 0).all() and (scores[groups.mask] >= 0).all()
     assert (scores[groups.mask] > 1e-6).float().mean() > 0.5  # not trivially zero
+
+
+def hook_counts(model: nn.Module) -> list[int]:
+    """Forward hooks per module (the GroupSet's gate hooks stay; a scorer's own must go)."""
+    return [len(m._forward_hooks) for m in model.modules()]
 
 
 class FailingTask:
@@ -215,10 +221,11 @@ def test_chip_removes_its_hooks_and_restores_the_mode_on_error() -> None:
     model = tiny_vgg()
     groups = GroupSet(model, kinds=("filter",))
     model.train()
+    hooks = hook_counts(model)
     with pytest.raises(RuntimeError, match="boom"):
         CHIPScorer().scores(context(groups, FailingTask()))  # type: ignore[arg-type]
     assert model.training
-    assert all(not m._forward_hooks for m in model.modules())
+    assert hook_counts(model) == hooks
 
 
 # -- per-layer allocation ------------------------------------------------------------------------------

@@ -215,7 +215,7 @@ def test_grad_score_is_finite_difference_gate_sensitivity_normalised_per_layer()
     assert_model_untouched(model, before, training=True)
 
     reference = copy.deepcopy(model).eval()
-    attention = [layer.attention for layer in reference.layers]
+    attention = GroupSet(reference, kinds=("head",)).sites
     base = mask.double().view(2, 3)
     raw = torch.zeros(6, dtype=torch.float64)
     eps = 1e-6
@@ -226,8 +226,8 @@ def test_grad_score_is_finite_difference_gate_sensitivity_normalised_per_layer()
             losses = []
             for sign in (1.0, -1.0):
                 for site, gate in zip(attention, base.clone(), strict=True):
-                    site.set_head_gate(gate)
-                attention[layer].set_head_gate(base[layer] + sign * eps * torch.eye(3)[head].double())
+                    site.set_gate(gate)
+                attention[layer].set_gate(base[layer] + sign * eps * torch.eye(3)[head].double())
                 with torch.no_grad():
                     losses.append(reference(*batch).loss)
             raw[i] += ((losses[0] - losses[1]) / (2 * eps)).abs()
@@ -239,9 +239,7 @@ def test_grad_score_is_finite_difference_gate_sensitivity_normalised_per_layer()
     expected = expected / expected.max()
     torch.testing.assert_close(scores, expected, rtol=1e-6, atol=1e-9)
     assert scores[1] == 0 and scores.max() == 1
-    assert all(
-        site.module.head_gate is None or not site.module.head_gate.requires_grad for site in groups.sites
-    )
+    assert all(site.gate is None or not site.gate.requires_grad for site in groups.sites)
 
 
 # -- SNIP ---------------------------------------------------------------------------------------------------
@@ -318,8 +316,8 @@ def test_scorers_on_experts_with_a_pruned_expert(scorer) -> None:
     assert scores.shape == (3,) and torch.isfinite(scores).all()
     assert scores[1] == 0
     assert_model_untouched(model, before, training=True)
-    assert model.layers[0].feed_forward.expert_gate is not None  # back to the hard mask, not a soft gate
-    assert not model.layers[0].feed_forward.expert_gate.requires_grad
+    assert groups.sites[0].gate is not None  # back to the hard mask, not a soft gate
+    assert not groups.sites[0].gate.requires_grad
 
 
 @pytest.mark.parametrize("scorer", SCORERS, ids=lambda s: s.name)

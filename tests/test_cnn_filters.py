@@ -17,6 +17,7 @@ from plprune.gating import GatingNetwork, normalise_features
 from plprune.models.filters import GatedConvBN
 from plprune.models.resnet import ResNet
 from plprune.models.vgg import VGG
+from tiny_models import gate_site
 
 WIDTHS_0625 = [4, 4, 8, 8, 16, 16, 16, 32, 32, 32, 32, 32, 32]  # VGG-16 at width 1/16
 
@@ -220,8 +221,10 @@ def test_hessian_vector_product_through_a_gated_block_is_exact_to_third_order() 
     weight = block.conv.weight
     probe = torch.randn_like(weight)
 
+    site = gate_site(block, "filter", 0, example_inputs=x)
+
     def fn(gate: torch.Tensor) -> torch.Tensor:
-        block.set_group_gate(gate)
+        site.set_gate(gate)
         y = ((block(x) * readout).sum() + 1) ** 2
         (g,) = torch.autograd.grad(y, weight, create_graph=True)
         (hv,) = torch.autograd.grad((g * probe).sum(), weight, create_graph=True)
@@ -232,12 +235,12 @@ def test_hessian_vector_product_through_a_gated_block_is_exact_to_third_order() 
 
 
 def test_gate_shape_is_validated() -> None:
-    site = GatedConvBN(2, 3, dims=2)
-    with pytest.raises(PlpruneError, match=r"filter gate must have shape \(3,\)"):
-        site.set_group_gate(torch.ones(4))
+    site = gate_site(GatedConvBN(2, 3, dims=2), "filter", 0, example_inputs=torch.randn(2, 2, 4, 4))
+    with pytest.raises(PlpruneError, match=r"filter gate of .* must have shape \(3,\)"):
+        site.set_gate(torch.ones(4))
     with pytest.raises(PlpruneError, match="Tensor or None"):
-        site.set_group_gate([1.0, 1.0, 1.0])
-    site.set_group_gate(None)
+        site.set_gate([1.0, 1.0, 1.0])
+    site.set_gate(None)
 
 
 @pytest.mark.parametrize(

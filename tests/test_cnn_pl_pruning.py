@@ -38,7 +38,7 @@ def test_pl_scorer_trains_gates_on_filter_groups() -> None:
     assert scores.shape == (len(groups),) and torch.isfinite(scores).all()
     assert scores.mean().item() == pytest.approx(1.0, rel=1e-5)
     assert not torch.allclose(scores, torch.ones(len(groups))), "gate training must move the gates"
-    assert all(site.module.filter_gate is None for site in groups.sites), "soft gates must be cleared"
+    assert all(site.gate is None for site in groups.sites), "soft gates must be cleared"
 
 
 def test_linear_pl_filter_pruning_inside_the_training_loop(tmp_path: Path) -> None:

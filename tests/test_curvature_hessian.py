@@ -16,7 +16,7 @@ from plprune.curvature import (
 )
 from plprune.errors import PlpruneError
 from plprune.models.bert import BertForMaskedLM
-from tiny_models import bert_batch, tiny_bert
+from tiny_models import bert_batch, gate_site, tiny_bert
 
 
 def tiny_mlp() -> nn.Sequential:
@@ -164,11 +164,11 @@ def gate_gradient_and_finite_differences(
     Needs every op of the model to be exact at third order: BertForMaskedLM uses
     plprune.models.layers.LayerNorm because torch's fused layer_norm is not (pytorch/pytorch#175754)."""
     batch = bert_batch(4)
-    attention = model.layers[0].attention
+    attention = gate_site(model, "head", 0)
     names = [name for name, _ in model.named_parameters() if name.startswith("layers.0.")]
 
     def estimate(theta: torch.Tensor, create_graph: bool) -> torch.Tensor:
-        attention.set_head_gate(2.0 * torch.sigmoid(theta))
+        attention.set_gate(2.0 * torch.sigmoid(theta))
         return model_hessian_trace(
             model,
             bert_loss,
@@ -192,7 +192,7 @@ def gate_gradient_and_finite_differences(
         plus = estimate(theta.detach() + shift, create_graph=False)
         minus = estimate(theta.detach() - shift, create_graph=False)
         finite_diff[k] = (plus - minus) / (2 * step)
-    attention.set_head_gate(None)
+    attention.set_gate(None)
     return gradient, finite_diff
 
 

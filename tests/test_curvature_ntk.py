@@ -22,7 +22,8 @@ from plprune.curvature import (
     per_sample_loss_output,
 )
 from plprune.errors import PlpruneError
-from plprune.groups import Group, ParamSlice, iter_gate_sites
+from plprune.gates import GroupSet
+from plprune.groups import Group, ParamSlice
 from plprune.models.bert import BertForMaskedLM
 from tiny_models import VOCAB, bert_batch, tiny_bert
 
@@ -38,7 +39,7 @@ def _mlp_output(model: nn.Module, batch: tuple) -> torch.Tensor:
 
 
 def bert_groups(model: nn.Module) -> list[Group]:
-    return [g for _, groups in iter_gate_sites(model) for g in groups]
+    return GroupSet(model, kinds=("head",)).groups
 
 
 def tiny_mlp() -> nn.Sequential:

@@ -7,7 +7,7 @@ import torch
 
 from plprune.errors import PlpruneError
 from plprune.gates import GroupSet
-from plprune.gating import protected_top_k, prune_count
+from plprune.keep import protected_top_k, prune_count
 from plprune.models import BertConfig, BertForMaskedLM
 
 
@@ -104,7 +104,7 @@ def test_soft_gates_are_differentiable_and_cleared() -> None:
     with groups.soft_gates(gates):
         model(ids, ids).loss.backward()
     assert gates.grad is not None and torch.count_nonzero(gates.grad) == 8
-    assert all(site.module.head_gate is None for site in groups.sites)
+    assert all(site.gate is None for site in groups.sites)
 
 
 def test_top_k_respects_k_protection_ties_and_alive() -> None:

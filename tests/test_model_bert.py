@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from plprune.errors import PlpruneError
+from plprune.gates import GroupSet
 from plprune.models import BertConfig, BertForMaskedLM
+from tiny_models import gate_site
 
 
 def tiny_model(**overrides) -> BertForMaskedLM:
@@ -42,8 +44,8 @@ def test_all_ones_gates_give_exactly_the_ungated_output() -> None:
     model = tiny_model()
     ids, _ = batch()
     reference = model(ids).logits
-    for attention in model.attention_layers:
-        attention.set_head_gate(torch.ones(attention.num_heads))
+    for site in GroupSet(model, kinds=("head",)).sites:
+        site.set_gate(torch.ones(site.num_groups))
     assert torch.equal(model(ids).logits, reference)
 
 
@@ -55,7 +57,7 @@ def test_zero_gate_equals_zeroed_head_weights() -> None:
     gated.load_state_dict(model.state_dict())
     gate = torch.ones(4)
     gate[head] = 0.0
-    gated.attention_layers[layer].set_head_gate(gate)
+    gate_site(gated, "head", layer).set_gate(gate)
 
     with torch.no_grad():
         attention = model.attention_layers[layer]
@@ -75,7 +77,7 @@ def test_model_is_thrice_differentiable_through_head_gates() -> None:
     model = tiny_model().double()
     ids, labels = batch(n=2)
     gate = torch.ones(4, dtype=torch.float64, requires_grad=True)
-    model.attention_layers[0].set_head_gate(gate)
+    gate_site(model, "head", 0).set_gate(gate)
     loss = model(ids, labels).loss
     params = [model.attention_layers[0].query.weight]
     (g1,) = torch.autograd.grad(loss, params, create_graph=True)
@@ -91,8 +93,8 @@ def test_configuration_errors_are_clear() -> None:
     with pytest.raises(PlpruneError, match="positive integer"):
         BertConfig(vocab_size=0)
     model = tiny_model()
-    with pytest.raises(PlpruneError, match="head gate must have shape"):
-        model.attention_layers[0].set_head_gate(torch.ones(3))
+    with pytest.raises(PlpruneError, match=r"head gate of layers\.0\.attention must have shape"):
+        gate_site(model, "head", 0).set_gate(torch.ones(3))
     with pytest.raises(PlpruneError, match="exceeds max_length"):
         model(torch.zeros(1, 17, dtype=torch.long))
 

@@ -125,7 +125,7 @@ def test_pl_scorer_learns_gates_and_keeps_protected_top_k(tiny_task) -> None:
     assert set(context.log["features"]) == {"min_eigenvalue", "max_eigenvalue", "condition_number", "entropy"}
     mask = select_mask(groups, scores, 0.75)
     assert int(mask.sum()) == 2 and mask[:4].any() and mask[4:].any()
-    assert all(site.module.head_gate is None for site in groups.sites), "soft gates must be cleared"
+    assert all(site.gate is None for site in groups.sites), "soft gates must be cleared"
 
 
 def test_pl_scorer_is_finite_with_dead_heads(tiny_task) -> None:
@@ -170,7 +170,7 @@ def test_nan_objective_in_every_gate_batch_is_a_clear_error(tiny_task, monkeypat
     context = PruneContext(groups, task, step=0, ratio=0.5, event_index=0, seed=0)
     with pytest.raises(TrainingDivergedError, match="NaN/Inf"):
         PLScorer(PLConfig(gate_steps=2, feature_samples=4)).scores(context)
-    assert all(site.module.head_gate is None for site in groups.sites)
+    assert all(site.gate is None for site in groups.sites)
 
 
 def test_readme_own_loop_example(tiny_task) -> None:

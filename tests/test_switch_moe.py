@@ -17,6 +17,7 @@ from plprune.gates import GroupSet
 from plprune.gating import GatingNetwork, normalise_features
 from plprune.models.bert import BertConfig, BertForMaskedLM
 from plprune.models.switch import SwitchConfig, SwitchFeedForward, SwitchForMaskedLM
+from tiny_models import gate_site
 
 VOCAB, SEQ = 20, 6
 
@@ -124,9 +125,10 @@ def test_routing_matches_per_token_reference_and_ones_gate_is_bit_identical() ->
     assert (ref["routed"] > 0).sum() >= 2  # the test exercises more than one expert
     np.testing.assert_allclose(out_none.detach().numpy(), ref["out"], rtol=1e-12, atol=1e-14)
     assert layer.last_expert_counts.tolist() == ref["processed"].tolist()
-    layer.set_group_gate(torch.ones(3, dtype=torch.float64))
+    site = gate_site(layer, "expert", 0)
+    site.set_gate(torch.ones(3, dtype=torch.float64))
     assert torch.equal(layer(x), out_none)
-    layer.set_group_gate(None)
+    site.set_gate(None)
     assert torch.equal(layer(x), out_none)
 
 
@@ -372,8 +374,8 @@ def test_invalid_switch_config_is_rejected(kwargs: dict, message: str) -> None:
 
 def test_invalid_gate_mask_and_input_are_rejected() -> None:
     layer = SwitchFeedForward(4, 6, SwitchConfig(num_experts=3))
-    with pytest.raises(PlpruneError, match=r"expert gate must have shape \(3,\)"):
-        layer.set_group_gate(torch.ones(4))
+    with pytest.raises(PlpruneError, match=r"expert gate of .* must have shape \(3,\)"):
+        gate_site(layer, "expert", 0).set_gate(torch.ones(4))
     with pytest.raises(PlpruneError, match=r"bool tensor of shape \(3,\)"):
         layer.set_hard_mask(torch.ones(3))
     with pytest.raises(PlpruneError, match="hidden_size=4"):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
+from plprune.gates import GroupSet
+from plprune.groups import GateSite
 from plprune.models import BertConfig, BertForMaskedLM
 
 SEQ = 6
@@ -34,3 +37,7 @@ def bert_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     masked = torch.rand(n, SEQ, generator=gen) < 0.4
     masked[:, 0] = True
     return ids, torch.where(masked, ids, torch.full_like(ids, -100))
+
+def gate_site(model: nn.Module, kind: str, layer: int, example_inputs: object = None) -> GateSite:
+    """The ``layer``-th gate site of ``kind`` in ``model`` (its hooks stay attached)."""
+    return GroupSet(model, kinds=(kind,), example_inputs=example_inputs).sites[layer]

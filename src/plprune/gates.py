@@ -1,45 +1,70 @@
 """The one masking mechanism every method uses: soft gates, hard masks and layer protection.
 
-A :class:`GroupSet` owns the groups of a model (found by :func:`plprune.groups.iter_gate_sites`):
+A :class:`GroupSet` owns the groups of a model (its gate sites are found by :func:`plprune.sites.find_sites`,
+or passed in) and the forward hooks that gate them:
 
 * **soft gates** ``g ∈ R^p`` (differentiable; paper Eq. 6 ``g ⊙ w``) are pushed into the gate sites
   while the gating network trains;
 * the **hard mask** ``m ∈ {0,1}^p`` (Alg. 2 line 9: ``w ← m ⊙ w``) zeroes every weight slice of a
   pruned group, sets its site gate to 0, zeroes its gradients before each optimizer step and re-zeroes
   its weights after each step (AdamW's moment estimates would otherwise move a zero weight again);
-* **protection** (paper App. E.3): a layer never loses its last group.
+* **protection** (paper App. E.3, :mod:`plprune.keep`): a layer never loses its last group.
+
+With nothing pruned and no soft gates every hook returns its input unchanged: the model computes exactly
+what it computed before. :meth:`GroupSet.remove_hooks` takes every hook off again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
-from plprune.groups import GROUP_KINDS, GateSite, Group, check_kinds, iter_gate_sites
+from plprune.groups import GROUP_KINDS, GateSite, Group, check_kinds
+from plprune.keep import check_protection
+from plprune.keep import check_ratio as check_kind_ratio
 
 
 class GroupSet:
-    """All prunable groups of ``model`` of the given kinds, with their gates and hard mask."""
+    """All prunable groups of ``model`` of the given kinds, with their gates and hard mask.
 
-    def __init__(self, model: nn.Module, kinds: tuple[str, ...] = GROUP_KINDS) -> None:
-        check_kinds(tuple(kinds))
+    ``kinds``: the group kinds to prune (``None``: every kind found; filters only with ``example_inputs``).
+    ``example_inputs`` (``model(example_inputs)``; a tuple is unpacked) is needed to find conv filters.
+    ``sites`` replaces discovery with explicit gate sites.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        kinds: Sequence[str] | None = None,
+        *,
+        example_inputs: Any = None,
+        sites: Sequence[GateSite] | None = None,
+    ) -> None:
+        from plprune.sites import find_sites
+
+        kinds = check_kinds(tuple(kinds)) if kinds is not None else GROUP_KINDS
         self.model = model
+        if sites is not None:
+            found = list(sites)
+        else:
+            found = find_sites(model, None if kinds == GROUP_KINDS else kinds, example_inputs)
         self.sites: list[GateSite] = []
         self.groups: list[Group] = []
         self._ranges: list[tuple[int, int]] = []
-        for site, groups in iter_gate_sites(model, tuple(kinds)):
+        for site in found:
+            if site.kind not in kinds:
+                continue
+            groups = site.groups()
             self._ranges.append((len(self.groups), len(self.groups) + len(groups)))
             self.sites.append(site)
             self.groups.extend(groups)
         if not self.groups:
-            raise PlpruneError(
-                f"model {type(model).__name__} has no discoverable groups of kinds {tuple(kinds)} "
-                "(attention heads: MultiHeadSelfAttention; experts/filters: modules with gate_groups())"
-            )
+            raise PlpruneError(f"model {type(model).__name__} has no prunable groups of kinds {kinds}")
         self._params = dict(model.named_parameters())
         missing = {n for g in self.groups for n in g.param_names} - set(self._params)
         if missing:
@@ -49,9 +74,16 @@ class GroupSet:
         self.layer_ids = torch.tensor([unique.index(k) for k in layer_keys])
         self.kinds = tuple(dict.fromkeys(g.kind for g in self.groups))
         self.mask = torch.ones(len(self.groups), dtype=torch.bool)
+        for site in self.sites:
+            site.attach()
 
     def __len__(self) -> int:
         return len(self.groups)
+
+    def remove_hooks(self) -> None:
+        """Take every gate hook off the model (the GroupSet is unusable afterwards)."""
+        for site in self.sites:
+            site.remove()
 
     @property
     def names(self) -> list[str]:
@@ -60,6 +92,10 @@ class GroupSet:
     def kind_index(self, kind: str) -> Tensor:
         """Indices of the groups of ``kind``."""
         return torch.tensor([i for i, g in enumerate(self.groups) if g.kind == kind], dtype=torch.long)
+
+    def site_ranges(self) -> list[tuple[GateSite, int, int]]:
+        """``(site, start, stop)``: the groups ``start:stop`` belong to ``site``."""
+        return [(site, a, b) for site, (a, b) in zip(self.sites, self._ranges, strict=True)]
 
     @property
     def param_names(self) -> list[str]:
@@ -98,30 +134,13 @@ class GroupSet:
 
     def check_ratio(self, ratio: float, kinds: tuple[str, ...] | None = None) -> None:
         """Raise if pruning a fraction ``ratio`` of every kind (or of ``kinds``) would empty a layer."""
-        from plprune.gating import prune_count
-
         for kind in kinds or self.kinds:
-            index = self.kind_index(kind)
-            layers = len(torch.unique(self.layer_ids[index]))
-            keep = len(index) - prune_count(len(index), ratio)
-            if keep < layers:
-                raise PlpruneError(
-                    f"prune ratio {ratio} keeps {keep} of {len(index)} {kind}s, but each of the {layers} "
-                    "layers keeps at least one, so it would remove a protected group; the largest allowed "
-                    f"ratio here is {(len(index) - layers) / len(index):.3f}"
-                )
+            check_kind_ratio(ratio, kind, self.layer_ids[self.kind_index(kind)])
 
     # -- hard masks ------------------------------------------------------------------------------
     def check_protection(self, mask: Tensor) -> None:
         """Raise if ``mask`` leaves some layer with no group (paper App. E.3)."""
-        for layer in torch.unique(self.layer_ids):
-            members = self.layer_ids == layer
-            if not bool(mask[members].any()):
-                name = self.groups[int(members.nonzero()[0])]
-                raise PlpruneError(
-                    f"mask would remove every {name.kind} of layer {name.layer}; at least one group per "
-                    "layer is protected"
-                )
+        check_protection(mask, self.layer_ids, [f"{g.kind} of layer {g.layer}" for g in self.groups])
 
     def apply_mask(self, mask: Tensor) -> None:
         """Set the hard mask (``True`` = keep) and zero the weights of pruned groups.

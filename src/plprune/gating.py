@@ -1,4 +1,5 @@
-"""Gating network FN_v (paper Sec. 3.2.3, Eq. 8) and the protected TopK of Alg. 2 line 8.
+"""Gating network FN_v (paper Sec. 3.2.3, Eq. 8); the keep rule that turns gates into a mask is
+:mod:`plprune.keep`.
 
 ``g = p · softmax_i(FN_v(d̂_i))``: a 2-layer MLP scores each group from its normalised kernel
 features d̂_i = (log λ_min, ρ) (standardised across groups), softmax over all p groups as in Eq. 8,
@@ -9,13 +10,11 @@ so every score is equal) is exactly the ungated one (g ≡ 1). This is a documen
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
-from plprune.validation import check_positive_int, check_probability
+from plprune.validation import check_positive_int
 
 FEATURE_FLOOR = 1e-30
 
@@ -58,52 +57,3 @@ class GatingNetwork(nn.Module):
         )
         gates = torch.softmax(scores, dim=0)
         return gates * gates.shape[0] if self.scale_to_mean_one else gates
-
-
-def prune_count(num_groups: int, ratio: float) -> int:
-    """Number of groups removed at pruned ratio ``ratio`` (k = p − this; rounded to nearest)."""
-    check_probability("prune ratio", ratio)
-    return math.floor(ratio * num_groups + 0.5)
-
-
-def protected_top_k(scores: Tensor, keep: int, layer_ids: Tensor, alive: Tensor | None = None) -> Tensor:
-    """Boolean mask keeping ``keep`` groups of highest score, never emptying a layer (Alg. 2 line 8).
-
-    Rules: only ``alive`` groups may be kept; first the best alive group of every layer is kept
-    (protection), then the remaining places go to the highest scores. Ties go to the lower index
-    (stable sort), so the result is deterministic. Raises if ``keep`` is smaller than the number of
-    layers (a protected group would be removed) or larger than the number of alive groups.
-    """
-    p = scores.shape[0]
-    if scores.dim() != 1 or layer_ids.shape != (p,):
-        raise PlpruneError(
-            f"scores must be (p,) and layer_ids (p,), got {tuple(scores.shape)}, {tuple(layer_ids.shape)}"
-        )
-    if not torch.isfinite(scores).all():
-        raise PlpruneError("pruning scores contain NaN or Inf")
-    alive = torch.ones(p, dtype=torch.bool) if alive is None else alive.to(torch.bool)
-    layers = torch.unique(layer_ids)
-    if keep < len(layers):
-        raise PlpruneError(
-            f"keeping {keep} of {p} groups would remove a protected group: {len(layers)} layers each keep at "
-            f"least one, so the prune ratio must leave ≥ {len(layers)} groups"
-        )
-    if keep > int(alive.sum()):
-        raise PlpruneError(f"cannot keep {keep} groups: only {int(alive.sum())} are not pruned already")
-    # in score order: each layer's first alive group is protected; the next best alive groups fill the rest
-    order = torch.sort(scores.detach().double(), descending=True, stable=True).indices
-    ordered_alive = alive[order]
-    ordered_layer = torch.unique(layer_ids, return_inverse=True)[1][order]
-    positions = torch.arange(p)
-    first = torch.full((len(layers),), p, dtype=torch.long)
-    first.scatter_reduce_(0, ordered_layer[ordered_alive], positions[ordered_alive], reduce="amin")
-    if bool((first == p).any()):
-        empty = int(layers[int((first == p).nonzero()[0])])
-        raise PlpruneError(f"layer {empty} has no alive group left to protect")
-    protected = torch.zeros(p, dtype=torch.bool)
-    protected[first] = True
-    others = ordered_alive & ~protected
-    kept = protected | (others & (torch.cumsum(others.long(), 0) <= keep - len(layers)))
-    mask = torch.zeros(p, dtype=torch.bool)
-    mask[order] = kept
-    return mask

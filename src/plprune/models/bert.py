@@ -3,9 +3,8 @@
 * Attention is plain ``matmul``/``softmax`` so the model stays twice- and thrice-differentiable
   (the PL regulariser differentiates a Hessian-vector product w.r.t. gates; fused attention kernels
   have no double backward).
-* Every attention layer accepts a per-head multiplicative gate applied to each head's context
-  vector *before* the output projection (paper Eq. 6: ``g ⊙ w`` on a head group). ``None`` (the
-  default) is the ungated model; a gate of all ones gives bit-identical outputs.
+* Heads are gated from outside: :mod:`plprune.sites` multiplies each head's context by its gate with a
+  forward pre-hook on the output projection ``output`` (paper Eq. 6); the model has no pruning code.
 * With labels, logits are computed only at masked positions (``logits_at="masked"``), which skips
   ~85% of the vocabulary projection; ``logits_at="all"`` gives full logits (and a fixed-shape path
   that works under ``torch.func.vmap``).
@@ -75,11 +74,9 @@ class MaskedLMOutput:
 
 
 class MultiHeadSelfAttention(nn.Module):
-    """Scaled dot-product self-attention with an optional per-head output gate.
-
-    For head h, ``context_h = softmax(Q_h K_hᵀ / √d) V_h``; with gate ``g`` the layer output is
-    ``W_O [g_1 context_1, ..., g_H context_H] + b_O`` (the head group of paper Sec. 3.2.1).
-    """
+    """Scaled dot-product self-attention: ``W_O [context_1, ..., context_H] + b_O`` with
+    ``context_h = softmax(Q_h K_hᵀ / √d) V_h`` (a head group of paper Sec. 3.2.1 is head h's rows of
+    W_Q, W_K, W_V and columns of W_O)."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -91,13 +88,6 @@ class MultiHeadSelfAttention(nn.Module):
         self.value = nn.Linear(hidden, hidden)
         self.output = nn.Linear(hidden, hidden)
         self.attention_dropout = nn.Dropout(config.attention_dropout)
-        self.head_gate: Tensor | None = None
-
-    def set_head_gate(self, gate: Tensor | None) -> None:
-        """Set the multiplicative gate on each head's context (shape ``(num_heads,)``), or ``None``."""
-        if gate is not None and tuple(gate.shape) != (self.num_heads,):
-            raise PlpruneError(f"head gate must have shape ({self.num_heads},), got {tuple(gate.shape)}")
-        self.head_gate = gate
 
     def _split_heads(self, x: Tensor) -> Tensor:
         batch, length, _ = x.shape
@@ -114,8 +104,6 @@ class MultiHeadSelfAttention(nn.Module):
             scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
         probs = self.attention_dropout(torch.softmax(scores, dim=-1))
         context = torch.matmul(probs, v)  # (B, H, T, d)
-        if self.head_gate is not None:
-            context = context * self.head_gate.to(context.dtype).view(1, self.num_heads, 1, 1)
         context = context.transpose(1, 2).reshape(batch, length, width)
         return self.output(context)
 

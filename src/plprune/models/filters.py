@@ -29,7 +29,7 @@ from plprune.models.layers import BatchNorm
 from plprune.validation import check_positive_int
 
 if TYPE_CHECKING:  # plprune.groups imports plprune.models; imported lazily at run time (no cycle)
-    from plprune.groups import ParamSlice
+    pass
 
 __all__ = [
     "CONV_DIMS",
@@ -124,8 +124,6 @@ class GatedConvBN(nn.Module):
     outputs.
     """
 
-    group_kind = "filter"
-
     def __init__(self, in_channels: int, out_channels: int, dims: int = 2, stride: int = 1) -> None:
         super().__init__()
         check_positive_int("in_channels", in_channels)
@@ -133,49 +131,9 @@ class GatedConvBN(nn.Module):
         self.dims = check_dims(dims)
         self.conv = make_conv(self.dims, in_channels, out_channels, stride)
         self.bn = BatchNorm(out_channels)
-        self.filter_gate: Tensor | None = None
-
-    @property
-    def num_gate_groups(self) -> int:
-        """One group per output channel (filter)."""
-        return self.bn.num_features
-
-    def gate_groups(self, module_name: str) -> list[list[ParamSlice]]:
-        """Group c: conv ``weight[c]`` (dim 0), BN ``weight[c]`` and BN ``bias[c]``."""
-        from plprune.groups import ParamSlice
-
-        prefix = f"{module_name}." if module_name else ""
-        return [
-            [
-                ParamSlice(f"{prefix}conv.weight", 0, c, c + 1),
-                ParamSlice(f"{prefix}bn.weight", 0, c, c + 1),
-                ParamSlice(f"{prefix}bn.bias", 0, c, c + 1),
-            ]
-            for c in range(self.num_gate_groups)
-        ]
-
-    def set_group_gate(self, gate: Tensor | None) -> None:
-        """Set the multiplicative gate of each filter (shape ``(out_channels,)``, may require grad) or
-        ``None`` (no gate)."""
-        if gate is not None:
-            if not isinstance(gate, Tensor):
-                raise PlpruneError(f"filter gate must be a Tensor or None, got {type(gate).__name__}")
-            if tuple(gate.shape) != (self.num_gate_groups,):
-                raise PlpruneError(
-                    f"filter gate must have shape ({self.num_gate_groups},) (one per output channel), "
-                    f"got {tuple(gate.shape)}"
-                )
-        self.filter_gate = gate
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.bn(self.conv(x))
-        if self.filter_gate is not None:
-            shape = (1, self.num_gate_groups) + (1,) * self.dims
-            y = y * self.filter_gate.to(y.dtype).view(shape)
-        return F.relu(y)
-
-    def extra_repr(self) -> str:
-        return f"gated filters={self.num_gate_groups}"
+        return F.relu(self.bn(self.conv(x)))
 
 
 def global_average_pool(x: Tensor) -> Tensor:

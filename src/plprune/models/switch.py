@@ -30,10 +30,11 @@ one forward pass over the batch exactly as passed in; the per-sample gradient co
 P_i: mean router probability of expert i), a 0-d tensor in the autograd graph; it is 1 for perfectly
 uniform routing. :class:`SwitchForMaskedLM` adds ``aux_loss_weight · mean over layers`` to the MLM loss.
 
-**Gates and pruning** (gate-site protocol of :mod:`plprune.groups`, group kind ``"expert"``). Group i of a
-layer is expert i's two linear layers (weights and biases). A *soft gate* ``g_i`` multiplies the expert's
-output and leaves routing alone: gate 0 is equivalent to zeroing the expert's weights (its tokens still
-go to it and come out as 0). A *hard prune* (:meth:`SwitchFeedForward.set_hard_mask`, called by
+**Gates and pruning** (group kind ``"expert"``, applied from outside by :mod:`plprune.sites.experts`:
+forward hooks, no pruning code in this model). Group i of a layer is expert i's two linear layers
+(weights and biases). A *soft gate* ``g_i`` multiplies the expert's output and leaves routing alone: gate
+0 is equivalent to zeroing the expert's weights (its tokens still go to it and come out as 0).
+A *hard prune* (:meth:`SwitchFeedForward.set_hard_mask`, called by
 ``GroupSet.apply_mask``) additionally sets the expert's router logit to −∞, so its probability is 0, no
 token is routed to it, the softmax renormalises over the remaining experts and K shrinks: the pruned
 layer is exactly a Switch layer with K experts (what physically removing the expert gives). The
@@ -50,7 +51,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -59,9 +60,6 @@ from torch import Tensor, nn
 from plprune.errors import PlpruneError
 from plprune.models.bert import BertConfig, BertForMaskedLM, MaskedLMOutput
 from plprune.validation import check_non_negative_float, check_positive_float, check_positive_int
-
-if TYPE_CHECKING:  # plprune.groups imports plprune.models; a runtime import here would be circular
-    from plprune.groups import ParamSlice
 
 __all__ = [
     "ExpertFeedForward",
@@ -156,54 +154,19 @@ class SwitchFeedForward(nn.Module):
         )
         # persistent, so that a saved pruned model keeps routing around its pruned experts
         self.register_buffer("expert_keep", torch.ones(self.num_experts, dtype=torch.bool))
-        self.expert_gate: Tensor | None = None
         self.aux_loss: Tensor | None = None
         self._routed_counts: Tensor | None = None
         self._kept_counts: Tensor | None = None
         self._capacity: int | None = None
 
     def __getstate__(self) -> dict:
-        """Copies and pickles hold ``aux_loss`` and the gate detached: a non-leaf tensor in the graph would
+        """Copies and pickles hold ``aux_loss`` detached: a non-leaf tensor in the graph would
         make ``copy.deepcopy(model)`` / ``torch.save(model)`` fail after a forward pass."""
         state = super().__getstate__()
-        for name in ("aux_loss", "expert_gate"):
+        for name in ("aux_loss",):
             if state.get(name) is not None:
                 state[name] = state[name].detach()
         return state
-
-    # -- gate-site protocol (plprune.groups) ------------------------------------------------------
-    @property
-    def num_gate_groups(self) -> int:
-        return self.num_experts
-
-    def gate_groups(self, module_name: str) -> list[list[ParamSlice]]:
-        """Expert i's parameters (both linear layers, weights and biases), named relative to the model
-        (``module_name`` is this module's name in it)."""
-        from plprune.groups import ParamSlice
-
-        prefix = f"{module_name}." if module_name else ""
-        groups = []
-        for i, expert in enumerate(self.experts):
-            slices = []
-            for layer in ("intermediate", "output"):
-                linear = getattr(expert, layer)
-                for kind in ("weight", "bias"):
-                    size = getattr(linear, kind).shape[0]
-                    slices.append(ParamSlice(f"{prefix}experts.{i}.{layer}.{kind}", 0, 0, size))
-            groups.append(slices)
-        return groups
-
-    def set_group_gate(self, gate: Tensor | None) -> None:
-        """Multiply expert i's output by ``gate[i]`` (shape ``(num_experts,)``, may require grad); ``None`` =
-        ungated (an all-ones gate gives bit-identical outputs). Routing is unaffected."""
-        if gate is not None:
-            if not isinstance(gate, Tensor):
-                raise PlpruneError(f"expert gate must be a Tensor or None, got {type(gate).__name__}")
-            if tuple(gate.shape) != (self.num_experts,):
-                raise PlpruneError(
-                    f"expert gate must have shape ({self.num_experts},), got {tuple(gate.shape)}"
-                )
-        self.expert_gate = gate
 
     def set_hard_mask(self, keep: Tensor) -> None:
         """Hard-prune the experts where ``keep`` (bool, shape ``(num_experts,)``) is False: their router
@@ -289,15 +252,12 @@ class SwitchFeedForward(nn.Module):
         self._kept_counts = (one_hot * kept.unsqueeze(1)).sum(dim=0).detach()
 
         chosen_prob = probs.gather(1, expert_index.unsqueeze(1))  # (N, 1)
-        gate = self.expert_gate
         indices, outputs = [], []
         for i, expert in enumerate(self.experts):
             index = ((expert_index == i) & kept).nonzero().squeeze(1)
             if index.numel() == 0:
                 continue
             out = expert(tokens.index_select(0, index)) * chosen_prob.index_select(0, index)
-            if gate is not None:
-                out = out * gate[i].to(out.dtype)
             indices.append(index)
             outputs.append(out)
         result = tokens.new_zeros(tokens.shape)  # dropped tokens: FFN output 0 (residual carries them)

@@ -20,10 +20,12 @@ from torch import Tensor
 
 from plprune.errors import PlpruneError
 from plprune.gates import GroupSet
-from plprune.gating import protected_top_k, prune_count
+from plprune.keep import ALLOCATIONS, select_mask
 from plprune.schedules import PruneEvent, Schedule
 from plprune.train.callbacks import Callback
 from plprune.validation import check_choice, check_probability
+
+__all__ = ["ALLOCATIONS", "Diagnostics", "GroupScorer", "PruneContext", "PruningCallback", "select_mask"]
 
 if TYPE_CHECKING:
     from plprune.tasks.base import Task
@@ -49,9 +51,6 @@ class PruneContext:
         return self.groups.model
 
 
-ALLOCATIONS = ("global", "per_layer")
-
-
 class GroupScorer(ABC):
     """Scores for groups: higher = more worth keeping. One subclass per pruning criterion.
 
@@ -73,37 +72,6 @@ class GroupScorer(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
-
-
-def select_mask(
-    groups: GroupSet, scores: Tensor, ratio: float | Mapping[str, float], allocation: str = "global"
-) -> Tensor:
-    """Keep mask at pruned ratio ``ratio`` (one for all kinds, or ``{kind: ratio}``) for every kind
-    separately; already pruned groups stay pruned.
-
-    ``allocation="global"``: TopK over all groups of a kind, protected per layer (Alg. 2 line 8).
-    ``"per_layer"``: every layer of the kind keeps ``count − prune_count(count, ratio)`` of its groups
-    (at least one), the best-scored alive ones of that layer.
-    """
-    check_choice("allocation", allocation, ALLOCATIONS)
-    mask = groups.mask.clone()
-    for kind in groups.kinds:
-        kind_ratio = ratio if isinstance(ratio, (int, float)) else ratio.get(kind, 0.0)
-        index = groups.kind_index(kind)
-        if allocation == "global":
-            keep = len(index) - prune_count(len(index), kind_ratio)
-            mask[index] = protected_top_k(
-                scores[index], keep, groups.layer_ids[index], alive=groups.mask[index]
-            )
-            continue
-        for layer in torch.unique(groups.layer_ids[index]):
-            members = index[groups.layer_ids[index] == layer]
-            keep = max(1, len(members) - prune_count(len(members), kind_ratio))
-            keep = min(keep, int(groups.mask[members].sum()))
-            mask[members] = protected_top_k(
-                scores[members], keep, groups.layer_ids[members], alive=groups.mask[members]
-            )
-    return mask
 
 
 class Diagnostics:

@@ -1,0 +1,130 @@
+"""The one keep rule: which groups survive a pruning event (paper Alg. 2 line 8, App. E.3).
+
+Everything that decides a mask from scores lives here, for every method:
+
+* :func:`prune_count` — how many of p groups a ratio removes (rounded to nearest);
+* protection — a layer never loses its last group (:func:`check_protection`, :func:`check_ratio`);
+* :func:`protected_top_k` — the TopK of one kind with protection;
+* :data:`ALLOCATIONS` and :func:`select_mask` — ``"global"`` (one TopK over all groups of a kind: layer
+  sparsity emerges from the scores, as in PL, IMP, SNIP) or ``"per_layer"`` (every layer loses the same
+  fraction, ranked within the layer, as FPGM and CHIP).
+
+Inputs are plain tensors (scores, layer ids, alive masks), so the rule is testable without a model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from plprune.errors import PlpruneError
+from plprune.validation import check_choice, check_probability
+
+ALLOCATIONS = ("global", "per_layer")
+
+
+def prune_count(num_groups: int, ratio: float) -> int:
+    """Number of groups removed at pruned ratio ``ratio`` (k = p − this; rounded to nearest)."""
+    check_probability("prune ratio", ratio)
+    return math.floor(ratio * num_groups + 0.5)
+
+
+def check_protection(mask: Tensor, layer_ids: Tensor, layer_names: Sequence[str]) -> None:
+    """Raise if ``mask`` leaves some layer with no group (paper App. E.3). ``layer_names[i]`` describes
+    group i's layer in the message (e.g. "head of layer 2")."""
+    for layer in torch.unique(layer_ids):
+        members = layer_ids == layer
+        if not bool(mask[members].any()):
+            name = layer_names[int(members.nonzero()[0])]
+            raise PlpruneError(f"mask would remove every {name}; at least one group per layer is protected")
+
+
+def check_ratio(ratio: float, kind: str, layer_ids: Tensor) -> None:
+    """Raise if removing a fraction ``ratio`` of the groups of ``kind`` (one per entry of ``layer_ids``)
+    would empty a layer; the message gives the largest ratio allowed."""
+    total = len(layer_ids)
+    layers = len(torch.unique(layer_ids))
+    keep = total - prune_count(total, ratio)
+    if keep < layers:
+        raise PlpruneError(
+            f"prune ratio {ratio} keeps {keep} of {total} {kind}s, but each of the {layers} layers keeps at "
+            f"least one, so it would remove a protected group; the largest allowed ratio here is "
+            f"{(total - layers) / total:.3f}"
+        )
+
+
+def protected_top_k(scores: Tensor, keep: int, layer_ids: Tensor, alive: Tensor | None = None) -> Tensor:
+    """Boolean mask keeping ``keep`` groups of highest score, never emptying a layer (Alg. 2 line 8).
+
+    Rules: only ``alive`` groups may be kept; first the best alive group of every layer is kept
+    (protection), then the remaining places go to the highest scores. Ties go to the lower index
+    (stable sort), so the result is deterministic. Raises if ``keep`` is smaller than the number of
+    layers (a protected group would be removed) or larger than the number of alive groups.
+    """
+    p = scores.shape[0]
+    if scores.dim() != 1 or layer_ids.shape != (p,):
+        raise PlpruneError(
+            f"scores must be (p,) and layer_ids (p,), got {tuple(scores.shape)}, {tuple(layer_ids.shape)}"
+        )
+    if not torch.isfinite(scores).all():
+        raise PlpruneError("pruning scores contain NaN or Inf")
+    alive = torch.ones(p, dtype=torch.bool) if alive is None else alive.to(torch.bool)
+    layers = torch.unique(layer_ids)
+    if keep < len(layers):
+        raise PlpruneError(
+            f"keeping {keep} of {p} groups would remove a protected group: {len(layers)} layers each keep at "
+            f"least one, so the prune ratio must leave ≥ {len(layers)} groups"
+        )
+    if keep > int(alive.sum()):
+        raise PlpruneError(f"cannot keep {keep} groups: only {int(alive.sum())} are not pruned already")
+    # in score order: each layer's first alive group is protected; the next best alive groups fill the rest
+    order = torch.sort(scores.detach().double(), descending=True, stable=True).indices
+    ordered_alive = alive[order]
+    ordered_layer = torch.unique(layer_ids, return_inverse=True)[1][order]
+    positions = torch.arange(p)
+    first = torch.full((len(layers),), p, dtype=torch.long)
+    first.scatter_reduce_(0, ordered_layer[ordered_alive], positions[ordered_alive], reduce="amin")
+    if bool((first == p).any()):
+        empty = int(layers[int((first == p).nonzero()[0])])
+        raise PlpruneError(f"layer {empty} has no alive group left to protect")
+    protected = torch.zeros(p, dtype=torch.bool)
+    protected[first] = True
+    others = ordered_alive & ~protected
+    kept = protected | (others & (torch.cumsum(others.long(), 0) <= keep - len(layers)))
+    mask = torch.zeros(p, dtype=torch.bool)
+    mask[order] = kept
+    return mask
+
+
+def select_mask(
+    groups: object, scores: Tensor, ratio: float | Mapping[str, float], allocation: str = "global"
+) -> Tensor:
+    """Keep mask at pruned ratio ``ratio`` (one for all kinds, or ``{kind: ratio}``) for every kind of
+    ``groups`` (a :class:`~plprune.gates.GroupSet`) separately; already pruned groups stay pruned.
+
+    ``allocation="global"``: TopK over all groups of a kind, protected per layer (Alg. 2 line 8).
+    ``"per_layer"``: every layer of the kind keeps ``count − prune_count(count, ratio)`` of its groups
+    (at least one), the best-scored alive ones of that layer.
+    """
+    check_choice("allocation", allocation, ALLOCATIONS)
+    mask = groups.mask.clone()
+    for kind in groups.kinds:
+        kind_ratio = ratio if isinstance(ratio, (int, float)) else ratio.get(kind, 0.0)
+        index = groups.kind_index(kind)
+        if allocation == "global":
+            keep = len(index) - prune_count(len(index), kind_ratio)
+            mask[index] = protected_top_k(
+                scores[index], keep, groups.layer_ids[index], alive=groups.mask[index]
+            )
+            continue
+        for layer in torch.unique(groups.layer_ids[index]):
+            members = index[groups.layer_ids[index] == layer]
+            keep = max(1, len(members) - prune_count(len(members), kind_ratio))
+            keep = min(keep, int(groups.mask[members].sum()))
+            mask[members] = protected_top_k(
+                scores[members], keep, groups.layer_ids[members], alive=groups.mask[members]
+            )
+    return mask

@@ -1,0 +1,103 @@
+"""Finding the prunable groups of any model: heads, experts and filters, gated by hooks.
+
+:func:`find_sites` returns every :class:`~plprune.groups.GateSite` of the requested kinds in module order.
+Heads and experts are found through adapters (:mod:`plprune.sites.heads`, :mod:`plprune.sites.experts`;
+the built-in ones in :mod:`plprune.sites.builtin`), conv filters through a dependency graph of the model
+(:mod:`plprune.sites.filter_discovery`, which needs example inputs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from torch import nn
+
+from plprune.errors import PlpruneError
+from plprune.groups import GateSite, check_kinds
+from plprune.sites import builtin as _builtin  # noqa: F401  (registers the built-in adapters)
+from plprune.sites.experts import ExpertSite, MoEAdapter, find_expert_sites, register_moe
+from plprune.sites.filters import ConvMember, FilterSite
+from plprune.sites.heads import AttentionAdapter, HeadSite, find_head_sites, register_attention
+
+__all__ = [
+    "AttentionAdapter",
+    "ConvMember",
+    "ExpertSite",
+    "FilterSite",
+    "HeadSite",
+    "MoEAdapter",
+    "find_sites",
+    "register_attention",
+    "register_moe",
+]
+
+_HOW_TO_ADAPT = (
+    "register an adapter that names its Q/K/V/O projections and head count: "
+    "plprune.register_attention(plprune.AttentionAdapter(name=..., "
+    "matches=lambda m: isinstance(m, YourAttention), "
+    "query='q', key='k', value='v', output='o', num_heads=lambda m: m.n_heads)) (docs/byom.md)"
+)
+
+
+def find_sites(
+    model: nn.Module, kinds: tuple[str, ...] | None = None, example_inputs: Any = None
+) -> list[GateSite]:
+    """Every gate site of ``model`` of the given kinds, in module order.
+
+    ``example_inputs`` (what ``model(example_inputs)`` accepts; a tuple is unpacked) is needed for
+    ``"filter"``: conv channels coupled by residual additions are found by tracing the model once.
+    Raises if a requested kind has no group, naming what was found and how to make it discoverable.
+    ``kinds=None``: every kind that is there (filters only when ``example_inputs`` are given).
+    """
+    if not isinstance(model, nn.Module):
+        raise PlpruneError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if kinds is None:
+        sites = _any_sites(model, example_inputs)
+        if not sites:
+            raise PlpruneError(
+                f"{type(model).__name__} has no discoverable groups: no attention heads, MoE experts"
+                + (" or conv filters" if example_inputs is not None else " (filters need example_inputs)")
+                + f"; to prune heads of an unknown attention module, {_HOW_TO_ADAPT}"
+            )
+        return sites
+    kinds = check_kinds(tuple(kinds))
+    sites: list[GateSite] = []
+    if "head" in kinds:
+        heads, unmatched = find_head_sites(model)
+        if not heads:
+            found = f"attention modules of class {', '.join(unmatched)} with no adapter" if unmatched else (
+                "no attention module"
+            )
+            raise PlpruneError(f"{type(model).__name__} has no attention heads plprune can find ({found}); "
+                               f"to prune heads, {_HOW_TO_ADAPT}")
+        sites.extend(heads)
+    if "expert" in kinds:
+        experts = find_expert_sites(model)
+        if not experts:
+            raise PlpruneError(
+                f"{type(model).__name__} has no mixture-of-experts layer plprune can find; known families: "
+                "plprune's Switch, Hugging Face SwitchTransformers; add yours with "
+                "plprune.register_moe(plprune.MoEAdapter(name=..., matches=..., experts=..., router=...))"
+            )
+        sites.extend(experts)
+    if "filter" in kinds:
+        from plprune.sites.filter_discovery import find_filter_sites
+
+        sites.extend(find_filter_sites(model, example_inputs))
+    return _in_module_order(model, sites)
+
+
+def _any_sites(model: nn.Module, example_inputs: Any) -> list[GateSite]:
+    sites: list[GateSite] = [*find_head_sites(model)[0], *find_expert_sites(model)]
+    if example_inputs is not None:
+        from plprune.sites.filter_discovery import find_filter_sites
+
+        with contextlib.suppress(PlpruneError):  # no conv filters: fine when no kind was asked for
+            sites.extend(find_filter_sites(model, example_inputs))
+    return _in_module_order(model, sites)
+
+
+def _in_module_order(model: nn.Module, sites: list[GateSite]) -> list[GateSite]:
+    order = {id(m): i for i, (_, m) in enumerate(model.named_modules())}
+    return sorted(sites, key=lambda s: order[id(s.module)])

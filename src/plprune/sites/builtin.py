@@ -1,0 +1,120 @@
+"""The adapters plprune ships: its own models and the Hugging Face families, matched by structure.
+
+Imported by :mod:`plprune.sites` so that discovery knows them; a user's own families are added with
+:func:`~plprune.sites.heads.register_attention` / :func:`~plprune.sites.experts.register_moe`.
+Hugging Face models are matched by the attributes their modules have (no ``transformers`` import), so
+every family copied from BERT (RoBERTa, ELECTRA, ...) or using ``q_proj/k_proj/v_proj/o_proj`` (ViT, ...)
+is found.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from plprune.models.bert import MultiHeadSelfAttention
+from plprune.models.switch import SwitchFeedForward
+from plprune.sites.experts import MoEAdapter, register_moe
+from plprune.sites.heads import AttentionAdapter, register_attention
+
+
+def _linears(module: nn.Module, *names: str) -> bool:
+    return all(isinstance(getattr(module, n, None), nn.Linear) for n in names)
+
+
+def _is_hf_bert_attention(module: nn.Module) -> bool:
+    inner, out = getattr(module, "self", None), getattr(module, "output", None)
+    return (
+        inner is not None
+        and out is not None
+        and _linears(inner, "query", "key", "value")
+        and _linears(out, "dense")
+        and hasattr(inner, "num_attention_heads")
+        and not getattr(module, "is_cross_attention", False)
+    )
+
+
+def _qkvo_heads(module: nn.Module) -> int:
+    for attr in ("num_attention_heads", "num_heads", "n_heads"):
+        if isinstance(getattr(module, attr, None), int):
+            return getattr(module, attr)
+    return int(module.config.num_attention_heads)
+
+
+def _is_qkvo_attention(module: nn.Module) -> bool:
+    if not _linears(module, "q_proj", "k_proj", "v_proj", "o_proj"):
+        return False
+    try:
+        _qkvo_heads(module)
+    except AttributeError:
+        return False
+    return True
+
+
+def _hf_switch_experts(module: nn.Module) -> list[nn.Module]:
+    experts = module.experts
+    return [experts[f"expert_{i}"] for i in range(len(experts))]
+
+
+def _is_hf_switch_moe(module: nn.Module) -> bool:
+    router, experts = getattr(module, "router", None), getattr(module, "experts", None)
+    return (
+        isinstance(getattr(router, "classifier", None), nn.Linear)
+        and isinstance(experts, nn.ModuleDict)
+        and all(f"expert_{i}" in experts for i in range(len(experts)))
+    )
+
+
+def _switch_hard_mask(module: nn.Module, keep: object) -> None:
+    module.set_hard_mask(keep)
+
+
+register_attention(
+    AttentionAdapter(
+        name="hf-qkvo",
+        matches=_is_qkvo_attention,
+        query="q_proj",
+        key="k_proj",
+        value="v_proj",
+        output="o_proj",
+        num_heads=_qkvo_heads,
+    )
+)
+register_attention(
+    AttentionAdapter(
+        name="hf-bert",
+        matches=_is_hf_bert_attention,
+        query="self.query",
+        key="self.key",
+        value="self.value",
+        output="output.dense",
+        num_heads=lambda m: m.self.num_attention_heads,
+    )
+)
+register_attention(
+    AttentionAdapter(
+        name="plprune-bert",
+        matches=lambda m: isinstance(m, MultiHeadSelfAttention),
+        query="query",
+        key="key",
+        value="value",
+        output="output",
+        num_heads=lambda m: m.num_heads,
+    )
+)
+register_moe(
+    MoEAdapter(
+        name="hf-switch-transformers",
+        matches=_is_hf_switch_moe,
+        experts=_hf_switch_experts,
+        router="router.classifier",
+    )
+)
+register_moe(
+    MoEAdapter(
+        name="plprune-switch",
+        matches=lambda m: isinstance(m, SwitchFeedForward),
+        experts=lambda m: list(m.experts),
+        router=None,  # SwitchFeedForward masks its router itself and recomputes capacity over K experts
+        on_hard_mask=_switch_hard_mask,
+    )
+)
