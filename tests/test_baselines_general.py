@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,10 +18,11 @@ from plprune.gates import GroupSet
 from plprune.models import BertConfig, BertForMaskedLM
 from plprune.models.filters import GatedConvBN, global_average_pool
 from plprune.models.switch import SwitchConfig, SwitchForMaskedLM
-from plprune.pruners.base import PruneContext, PruningCallback
+from plprune.pruner import Pruner
+from plprune.pruners.base import PruneContext
 from plprune.pruners.grasp import GraspScorer, grasp_weight_scores
 from plprune.pruners.magnitude import MagnitudeScorer
-from plprune.pruners.rewind import WeightRewinder
+from plprune.pruners.rewind import IMPScorer, WeightRewinder
 from plprune.pruners.sensitivity import GateSensitivityScorer
 from plprune.pruners.snip import SnipScorer, snip_weight_scores
 from plprune.pruners.structured import group_sums
@@ -32,6 +32,7 @@ from plprune.train.callbacks import Callback
 from plprune.train.checkpoint import load_checkpoint
 from plprune.train.config import TrainConfig
 from plprune.train.loop import Trainer
+from plprune.train.pruning import PruningCallback
 
 VOCAB, SEQ = 20, 6
 
@@ -89,6 +90,9 @@ class TinyCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(global_average_pool(self.block2(self.block1(x))))
+
+
+CNN_INPUT = torch.zeros(2, 1, 16)  # what TinyCNN reads: (N, 1, 16), to trace its filters
 
 
 def cnn() -> TinyCNN:
@@ -188,7 +192,7 @@ def test_magnitude_is_the_lp_norm_of_all_the_groups_weights(p: int) -> None:
         for block in (net.block1, net.block2):
             block.bn.weight.uniform_(-2, 2)
             block.bn.bias.uniform_(-1, 1)
-    filters = GroupSet(net, kinds=("filter",))
+    filters = GroupSet(net, kinds=("filter",), example_inputs=CNN_INPUT)
     params = params_of(net)
     expected = torch.stack(
         [
@@ -323,7 +327,7 @@ def test_scorers_on_experts_with_a_pruned_expert(scorer) -> None:
 @pytest.mark.parametrize("scorer", SCORERS, ids=lambda s: s.name)
 def test_scorers_on_filters_restore_batchnorm_mode_and_statistics(scorer) -> None:
     net = cnn().train()
-    groups = GroupSet(net, kinds=("filter",))
+    groups = GroupSet(net, kinds=("filter",), example_inputs=CNN_INPUT)
     buffers = {name: b.clone() for name, b in net.named_buffers()}
     before = params_of(net)
     scores = scorer.scores(context(groups, toy_task()))
@@ -338,18 +342,21 @@ def test_bad_arguments_are_rejected() -> None:
         for bad in (0, -1, 1.5, True, "4"):
             with pytest.raises(PlpruneError, match="positive integer"):
                 make(bad)
-    groups = GroupSet(cnn(), kinds=("filter",))
-    pruning = PruningCallback(groups, MagnitudeScorer(), Linear(start=4, end=8, every=4, final_ratio=0.5))
+    groups = GroupSet(cnn(), kinds=("filter",), example_inputs=CNN_INPUT)
+    schedule = Linear(start=4, end=8, every=4, final_ratio=0.5)
     with pytest.raises(PlpruneError, match=r"0 <= rewind step < 4"):
-        WeightRewinder(groups, pruning, 4)
+        Pruner(groups.model, IMPScorer(4), schedule, groups=groups)
     with pytest.raises(PlpruneError, match="integer >= 0"):
-        WeightRewinder(groups, pruning, -1)
+        IMPScorer(-1)
+    with pytest.raises(PlpruneError, match="integer >= 0"):
+        WeightRewinder(-1)
     with pytest.raises(PlpruneError, match="first event is at step 0"):
-        WeightRewinder(groups, PruningCallback(groups, MagnitudeScorer(), AtInit(0.5)), 0)
-    with pytest.raises(PlpruneError, match="own GroupSet"):
-        WeightRewinder(GroupSet(groups.model, kinds=("filter",)), pruning, 2)
-    with pytest.raises(PlpruneError, match="PruningCallback"):
-        WeightRewinder(groups, MagnitudeScorer(), 2)  # type: ignore[arg-type]
+        Pruner(groups.model, IMPScorer(0), AtInit(0.5), groups=groups)
+    pruner = Pruner(groups.model, IMPScorer(2), schedule, groups=groups)
+    for step in range(4):
+        pruner.step(step)
+    with pytest.raises(PlpruneError, match=r"call pruner.attach\(optimizer\) first"):
+        pruner.step(4)  # the event runs, then the rewind needs the optimizer
 
 
 # -- weight rewinding ----------------------------------------------------------------------------------------
@@ -369,13 +376,15 @@ class Recorder(Callback):
 
 def rewinding_run(run_dir: Path, callbacks_before=(), callbacks_after=(), steps: int = 12):
     model = cnn()
-    groups = GroupSet(model, kinds=("filter",))
-    pruning = PruningCallback(groups, MagnitudeScorer(), Linear(start=4, end=8, every=4, final_ratio=0.5))
-    rewinder = WeightRewinder(groups, pruning, rewind_step=2)
+    groups = GroupSet(model, kinds=("filter",), example_inputs=CNN_INPUT)
+    schedule = Linear(start=4, end=8, every=4, final_ratio=0.5)
+    pruning = PruningCallback(groups, IMPScorer(rewind_step=2), schedule)
+    (rewinder,) = pruning.pruner.plugins
+    assert isinstance(rewinder, WeightRewinder)
     config = TrainConfig(
         steps=steps, batch_size=8, lr=0.01, optimizer="adamw", grad_clip=0.0, eval_every=6, checkpoint_every=3
     )
-    callbacks = [*callbacks_before, pruning, rewinder, *callbacks_after]
+    callbacks = [*callbacks_before, pruning, *callbacks_after]
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, toy_task(), config, run_dir, callbacks, progress=False)
     return trainer, groups, rewinder
@@ -436,7 +445,7 @@ def test_rewinder_state_round_trip_resumes_exactly(tmp_path: Path, stop_after: i
         interrupted.fit()
     saved = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")  # weights_only=True
     assert saved["step"] == stop_after
-    rewinder_state = saved["callbacks"]["WeightRewinder#0"]
+    (rewinder_state,) = saved["callbacks"]["PruningCallback#0"]["plugins"]
     assert rewinder_state["has_snapshot"] and rewinder_state["rewinds"] == (0 if stop_after < 4 else 1)
 
     resumed, _, resumed_rewinder = rewinding_run(tmp_path / "resumed")
@@ -451,33 +460,25 @@ def test_rewinder_state_round_trip_resumes_exactly(tmp_path: Path, stop_after: i
     ]
     assert resumed_numbers == numbers[-len(resumed_numbers) :]
     with pytest.raises(PlpruneError, match="rewinds to step 2"):
-        WeightRewinder(resumed_rewinder.groups, resumed_rewinder.pruning, 1).load_state_dict(rewinder_state)
-
-
-def test_rewinder_must_follow_its_pruning_callback(tmp_path: Path) -> None:
-    trainer, _, rewinder = rewinding_run(tmp_path)
-    trainer.callbacks = [rewinder, rewinder.pruning]
-    with pytest.raises(PlpruneError, match="after its PruningCallback"):
-        trainer.fit()
+        WeightRewinder(1).load_state_dict(rewinder_state)
 
 
 def test_rewinding_a_switch_model_keeps_pruned_experts_unrouted() -> None:
     model = switch()
     groups = GroupSet(model, kinds=("expert",))
     task = TinyMlmTask()
-    pruning = PruningCallback(groups, MagnitudeScorer(), OneShot(2, 0.34))
-    rewinder = WeightRewinder(groups, pruning, rewind_step=0)
+    pruner = Pruner(model, IMPScorer(rewind_step=0), OneShot(2, 0.34), groups=groups)
+    (rewinder,) = pruner.plugins
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    trainer = SimpleNamespace(model=model, optimizer=optimizer, task=task, callbacks=[pruning, rewinder])
-    rewinder.on_step_start(trainer, 0)
+    pruner.attach(optimizer)
+    pruner.step(0)  # the snapshot
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
     for step in range(2):  # "training": two SGD steps with momentum
         optimizer.zero_grad()
         task.loss(model, task.train_batch(step)).backward()
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    pruning.on_step_start(trainer, 2)
-    rewinder.on_step_start(trainer, 2)
+    pruner.step(2)  # the event, then the rewind
     pruned = int((~groups.mask).nonzero())
     layer = model.layers[0].feed_forward
     assert layer.expert_keep.tolist() == [i != pruned for i in range(3)]  # not the snapshot's all-True
@@ -489,7 +490,7 @@ def test_rewinding_a_switch_model_keeps_pruned_experts_unrouted() -> None:
             assert torch.count_nonzero(tensor) == 0, name
         else:
             assert torch.equal(tensor, snapshot[name]), name
-    rewinder.on_step_start(trainer, 3)  # no new event: no second rewind
+    pruner.step(3)  # no new event: no second rewind
     assert rewinder.rewinds == 1
 
 

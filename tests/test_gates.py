@@ -134,8 +134,9 @@ def test_prune_count_rounding() -> None:
 
 
 def test_kind_ratios_scale_with_the_schedule_and_reject_unknown_kinds() -> None:
-    from plprune.pruners import PruningCallback, RandomScorer
+    from plprune.pruners import RandomScorer
     from plprune.schedules import Linear
+    from plprune.train.pruning import PruningCallback
 
     groups = GroupSet(tiny_bert(layers=2, heads=8), kinds=("head",))
     schedule = Linear(start=0, end=20, every=10, final_ratio=0.75)  # events at 0.25, 0.5, 0.75

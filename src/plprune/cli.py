@@ -88,16 +88,6 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
     ("--checkpoint-every", "train", "checkpoint_every", int, "checkpoint every N steps; 0: only at the end"),
     ("--eval-batches", "train", "eval_batches", int, "batches per periodic evaluation (default 8)"),
     ("--seed", "train", "seed", int, "seed of initialisation, data order and masking (default 0)"),
-    (
-        "--method",
-        "prune",
-        "method",
-        str,
-        "dense (default), pl, random, imp, magnitude, grad-score, snip, grasp, fpgm, chip, dpfps",
-    ),
-    ("--score-batches", "prune", "score_batches", int, "baselines: batches a data-driven score averages (4)"),
-    ("--rewind-at", "prune", "rewind_at", str, "imp: rewinding time, steps or epochs (default 5%% of steps)"),
-    ("--sparsity-strength", "prune", "sparsity_strength", float, "dpfps: l1 strength on BN scales (1e-4)"),
     ("--prune-ratio", "prune", "ratio", float, "final fraction of groups removed, in [0, 1) (default 0.75)"),
     ("--schedule", "prune", "schedule", str, "one-shot (default), at-init, linear or iterative"),
     ("--prune-at", "prune", "prune_at", str, "when pruning starts: steps (800) or epochs (5e); default 5e"),
@@ -113,25 +103,6 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
         "global (rank groups of a kind together) or per_layer (same fraction per layer); default: method's",
     ),
     ("--kind-ratios", "prune", "kind_ratios", _kind_ratios, "final ratio per kind, e.g. head=0.5,expert=0.5"),
-    ("--alpha", "pl", "alpha", float, "PL: weight of the Hessian-trace term (default 1, Alg. 2)"),
-    (
-        "--gate-steps",
-        "pl",
-        "gate_steps",
-        int,
-        "PL: batches of gating-network training per event (default 10)",
-    ),
-    ("--gate-lr", "pl", "gate_lr", float, "PL: gating-network learning rate (default 0.05)"),
-    ("--num-probes", "pl", "num_probes", int, "PL: Hutchinson probes per batch (default 1)"),
-    ("--hessian-scalar", "pl", "hessian_scalar", str, "PL: loss (default) or logits (Alg. 1's f)"),
-    ("--feature-samples", "pl", "feature_samples", int, "PL: samples n of the tangent kernels (default 16)"),
-    (
-        "--kernel-output",
-        "pl",
-        "kernel_output",
-        str,
-        "PL: per-sample scalar of the kernels: loss (default) or logit",
-    ),
 ]
 
 
@@ -142,8 +113,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "vgg-mnist1d, resnet-mnist1d, vgg-digits (conv filters; offline data)",
     )
     parser.add_argument("--config", type=Path, help="TOML file with task and [data]/[model]/[train] tables")
+    from plprune.pruners.registry import METHODS, setting_flags
+
     for flag, _section, field, kind, text in _RUN_FLAGS:
         parser.add_argument(flag, dest=field, type=kind, default=None, help=text)
+    methods = "; ".join(f"{name}: {spec.description}" for name, spec in METHODS.items())
+    parser.add_argument("--method", default=None, help=f"pruning method (default dense). {methods}")
+    for flag in setting_flags():  # each method's own settings, from its registered config
+        parser.add_argument(flag.flag, dest=f"setting_{flag.field}", type=flag.type, help=flag.help)
     parser.add_argument(
         "--pre-ln",
         dest="pre_layer_norm",
@@ -172,6 +149,15 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         value = getattr(args, field)
         if value is not None:
             overrides.setdefault(section, {})[field] = value
+    if args.method is not None:
+        overrides.setdefault("prune", {})["method"] = args.method
+    from plprune.pruners.registry import setting_flags
+
+    for setting in setting_flags():
+        value = getattr(args, f"setting_{setting.field}")
+        if value is not None:
+            for method in setting.methods:
+                overrides.setdefault(method, {})[setting.field] = value
     if args.pre_layer_norm is not None:
         overrides.setdefault("model", {})["pre_layer_norm"] = True
     if args.diagnostics is not None:

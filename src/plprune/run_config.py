@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from plprune.errors import PlpruneError
-from plprune.pruners.pl import PLConfig
 from plprune.train.config import TrainConfig
 from plprune.validation import (
     check_choice,
-    check_non_negative_float,
     check_non_negative_int,
     check_positive_int,
     check_probability,
@@ -92,12 +90,13 @@ class PruneConfig:
     ``prune_at``/``prune_end``/``prune_every`` are times: steps (``800``) or epochs (``"5e"``). ``kinds``:
     which groups are prunable (default: the task's, e.g. heads for BERT, experts for Switch);
     ``kind_ratios``: a final ratio per kind (e.g. ``{"head": 0.5, "expert": 0.5}``) instead of ``ratio``.
-    ``method``: one of :data:`plprune.pruners.registry.METHOD_NAMES`. ``score_batches``: training batches the
-    data-driven baselines (grad-score, SNIP, GraSP, CHIP) average over; ``rewind_at``: IMP's rewinding time
-    (default: 5% of training, paper E.3); ``sparsity_strength``: DPFPS's l1 coefficient on BN scales;
-    ``curvature_every``: every N steps, log the NTK condition number and Hessian trace at the evaluation
-    (0 = off; also for dense runs; Fig. 3/5); ``allocation``: ``"global"`` (rank all groups of a kind
-    together) or ``"per_layer"`` (the same fraction from every layer); ``None``: the method's own.
+    ``method``: one of :data:`plprune.pruners.registry.METHOD_NAMES`. ``curvature_every``: every N steps,
+    log the NTK condition number and Hessian trace at the evaluation (0 = off; also for dense runs; Fig.
+    3/5); ``allocation``: ``"global"`` (rank all groups of a kind together) or ``"per_layer"`` (the same
+    fraction from every layer); ``None``: the method's own.
+
+    ``settings``: each method's own settings dataclass by method name (``[prune.pl]``, ``[prune.imp]``,
+    ... in a config file; defined next to each scorer and registered with it), defaults filled in.
     """
 
     method: str = "dense"
@@ -110,28 +109,22 @@ class PruneConfig:
     kinds: tuple[str, ...] | None = None
     kind_ratios: dict[str, float] | None = None
     diagnostics: bool = True
-    score_batches: int = 4
-    rewind_at: str | None = None
-    sparsity_strength: float = 1e-4
     curvature_every: int = 0
     allocation: str | None = None
-    pl: PLConfig = field(default_factory=PLConfig)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from plprune.groups import check_kinds
-        from plprune.pruners.registry import get_method
+        from plprune.keep import ALLOCATIONS
+        from plprune.pruners.registry import get_method, method_settings
         from plprune.schedules import SCHEDULES
 
         get_method(self.method)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_probability("prune ratio", self.ratio)
         check_positive_int("rounds", self.rounds)
-        check_positive_int("score_batches", self.score_batches)
-        check_non_negative_float("sparsity_strength", self.sparsity_strength)
         check_non_negative_int("curvature_every", self.curvature_every)
         if self.allocation is not None:
-            from plprune.pruners.base import ALLOCATIONS
-
             check_choice("allocation", self.allocation, ALLOCATIONS)
         if self.kinds is not None:
             self.kinds = check_kinds(tuple(self.kinds))
@@ -139,8 +132,42 @@ class PruneConfig:
             check_kinds(tuple(self.kind_ratios))
             for kind, value in self.kind_ratios.items():
                 check_probability(f"{kind} prune ratio", value)
-        if isinstance(self.pl, dict):
-            self.pl = PLConfig(**self.pl)
+        raw = {k: v if isinstance(v, dict) else asdict(v) for k, v in self.settings.items()}
+        self.settings = method_settings(raw)
+
+    @property
+    def method_settings(self) -> Any:
+        """The settings dataclass of ``method`` (``None`` if it has none)."""
+        return self.settings.get(self.method)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, each method's settings as a table under its name (``prune.pl.alpha``)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "settings"}
+        out = json.loads(json.dumps(out))
+        out.update({name: asdict(value) for name, value in self.settings.items()})
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PruneConfig:
+        """From a ``[prune]`` table: general keys plus one sub-table per method's settings."""
+        from plprune.pruners.registry import METHODS
+
+        general = {f.name for f in dataclasses.fields(cls)} - {"settings"}
+        tables = {k: v for k, v in values.items() if k in METHODS and METHODS[k].config is not None}
+        unknown = set(values) - general - set(tables)
+        if unknown:
+            with_settings = sorted(k for k, s in METHODS.items() if s.config is not None)
+            raise PlpruneError(
+                f"unknown keys in [prune]: {sorted(unknown)}; allowed: {sorted(general)} and a table of "
+                f"settings per method: {with_settings}"
+            )
+        for name, table in tables.items():
+            if not isinstance(table, dict):
+                raise PlpruneError(f"[prune.{name}] must be a table of settings, got {type(table).__name__}")
+        try:
+            return cls(**{k: v for k, v in values.items() if k in general}, settings=tables)
+        except TypeError as error:
+            raise PlpruneError(f"invalid [prune] section: {error}") from error
 
 
 @dataclass
@@ -152,7 +179,9 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        raw = asdict(self)
+        raw["prune"] = self.prune.to_dict()
+        return raw
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
@@ -168,11 +197,11 @@ class RunConfig:
             values = raw.get(name, {})
             if not isinstance(values, dict):
                 raise PlpruneError(f"config section [{name}] must be a table, got {type(values).__name__}")
+            if name == "prune":
+                kwargs[name] = PruneConfig.from_dict(values)
+                continue
             allowed = {f.name for f in dataclasses.fields(klass)}
             bad = set(values) - allowed
-            if name == "prune" and isinstance(values.get("pl"), dict):
-                pl_allowed = {f.name for f in dataclasses.fields(PLConfig)}
-                bad |= {f"pl.{k}" for k in set(values["pl"]) - pl_allowed}
             if bad:
                 raise PlpruneError(f"unknown keys in [{name}]: {sorted(bad)}; allowed: {sorted(allowed)}")
             try:
@@ -182,15 +211,18 @@ class RunConfig:
         return cls(**kwargs)
 
     def with_overrides(self, overrides: dict[str, dict[str, Any]]) -> RunConfig:
-        """A copy with ``{section: {field: value}}`` replaced (``section`` may be ``"task"``)."""
+        """A copy with ``{section: {field: value}}`` replaced (``section`` may be ``"task"``, or a method
+        name for that method's settings, e.g. ``{"pl": {"alpha": 0}}``)."""
         raw = self.to_dict()
         for section, values in overrides.items():
             if section == "task":
                 raw["task"] = values
-            elif section == "pl":
-                raw["prune"]["pl"].update(values)
-            else:
+            elif section in raw:
                 raw[section].update(values)
+            elif isinstance(raw["prune"].get(section), dict):
+                raw["prune"][section].update(values)
+            else:
+                raw[section] = values  # an unknown section: from_dict names it
         return RunConfig.from_dict(raw)
 
 

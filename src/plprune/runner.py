@@ -12,13 +12,13 @@ import torch
 
 from plprune.errors import RunDirError
 from plprune.gates import GroupSet
-from plprune.pruners.base import PRUNING_LOG
 from plprune.run_config import RunConfig, config_differences, save_config
 from plprune.tasks.registry import DEFAULT_KINDS, build_task
 from plprune.train.callbacks import Callback
 from plprune.train.checkpoint import atomic_write_text
 from plprune.train.loop import CHECKPOINT_NAME, METRICS_NAME, Trainer
 from plprune.train.metrics import read_jsonl
+from plprune.train.pruning import PRUNING_LOG
 
 CONFIG_NAME = "config.json"
 SUMMARY_NAME = "summary.json"
@@ -60,16 +60,18 @@ def prepare_run_dir(out: Path, config: RunConfig, resume: bool) -> Path:
 def build_pruning_callbacks(
     config: RunConfig, model: torch.nn.Module, steps_per_epoch: int
 ) -> list[Callback]:
-    """The callbacks the config's method needs: the pruning callback first, then the method's extras
-    (IMP's weight rewinder, DPFPS's regulariser); none for ``method = "dense"``."""
-    from plprune.pruners.base import Diagnostics, PruningCallback
-    from plprune.pruners.registry import check_method_kinds, get_method
+    """The pruning callback of the config's method (its scorer brings any extras, e.g. IMP's rewinding, as
+    plugins of the :class:`~plprune.pruner.Pruner`), then the curvature tracker; for ``method = "dense"``
+    only the tracker, if asked for."""
+    from plprune.pruners.base import Diagnostics
+    from plprune.pruners.registry import BuildInfo, build_scorer, check_method_kinds, get_method
     from plprune.schedules import build_schedule, parse_time
+    from plprune.train.pruning import PruningCallback
 
     prune = config.prune
     spec = get_method(prune.method)
     kinds = prune.kinds or DEFAULT_KINDS[config.task]
-    if spec.build_scorer is None:
+    if spec.build is None:
         return _curvature_tracker(config, GroupSet(model, kinds=kinds)) if prune.curvature_every else []
 
     def to_steps(value: str | None) -> int | None:
@@ -89,19 +91,14 @@ def build_pruning_callbacks(
     diagnostics = Diagnostics() if prune.diagnostics else None
     pruning = PruningCallback(
         groups,
-        spec.build_scorer(prune),
+        build_scorer(prune.method, prune.method_settings, BuildInfo(config.train.steps, steps_per_epoch)),
         schedule,
         seed=config.train.seed,
         diagnostics=diagnostics,
         kind_ratios=prune.kind_ratios,
         allocation=prune.allocation,
     )
-    extras = (
-        spec.build_extras(prune, groups, pruning, config.train.steps, steps_per_epoch)
-        if spec.build_extras
-        else []
-    )
-    return [pruning, *extras, *_curvature_tracker(config, groups)]
+    return [pruning, *_curvature_tracker(config, groups)]
 
 
 def _curvature_tracker(config: RunConfig, groups: GroupSet) -> list[Callback]:

@@ -1,6 +1,10 @@
-"""Pruning criteria: each a :class:`GroupScorer` over a GroupSet, applied by :class:`PruningCallback`."""
+"""Pruning criteria: each a :class:`GroupScorer` registered by ``@register_method`` in its own module.
 
-from plprune.pruners.base import Diagnostics, GroupScorer, PruneContext, PruningCallback, select_mask
+A new criterion is one new module here with a decorated scorer class; :mod:`plprune.pruners.registry`
+finds it.
+"""
+
+from plprune.pruners.base import Diagnostics, GroupScorer, PruneContext, PrunerPlugin, select_mask
 from plprune.pruners.pl import PLConfig, PLScorer
 from plprune.pruners.random import RandomScorer
 
@@ -10,7 +14,7 @@ __all__ = [
     "PLConfig",
     "PLScorer",
     "PruneContext",
-    "PruningCallback",
+    "PrunerPlugin",
     "RandomScorer",
     "select_mask",
 ]

@@ -13,9 +13,13 @@ repeated batches; the paper reports CI is insensitive to which input batches are
 are pruned first; CI is compared **within a layer** only (``allocation = "per_layer"``: the same fraction
 from every layer, as in the paper, whose per-layer ratios are set by hand).
 
-Feature maps here: the output of each :class:`~plprune.models.filters.GatedConvBN` gate site, i.e. after
-conv → BN → gate → ReLU (the post-activation maps the official code hooks), captured by forward hooks while
-``batches`` training batches (their first ``samples`` samples) run through the model in eval mode. Already
+Feature maps here: the output of each filter site's ``feature_module`` (:class:`~plprune.sites.FilterSite`),
+captured by forward hooks while ``batches`` training batches (their first ``samples`` samples) run through
+the model in eval mode. For a conv wrapped alone in a block (plprune's
+:class:`~plprune.models.filters.GatedConvBN`, a ``Sequential(conv, bn, relu)``) that is the block's output,
+after conv → BN → gate → ReLU (the post-activation maps the official code hooks); for other convs it is
+the gated output of the conv's BN, *before* the activation (a functional ReLU has no module to hook), and
+for convs coupled by residual additions it is the first coupled conv's gated BN output. Already
 pruned channels (all-zero rows) score 0. Departures from the official code (github.com/Eclipsess/
 CHIP_NeurIPS2021, which also hooks the post-ReLU maps in eval mode): it uses 5 batches of 128 samples and
 rounds the maps to 4 decimals before the SVDs; the defaults here are 1 batch of 32 samples (raise
@@ -33,6 +37,8 @@ from torch import Tensor, nn
 from plprune.errors import PlpruneError, TrainingDivergedError
 from plprune.pruners.base import GroupScorer, PruneContext
 from plprune.pruners.fpgm import filter_site_ranges
+from plprune.pruners.registration import register_method
+from plprune.pruners.structured import ScoreBatchesConfig
 from plprune.validation import check_positive_int
 
 __all__ = ["CHIPScorer", "channel_independence"]
@@ -65,6 +71,12 @@ def channel_independence(maps: Tensor) -> Tensor:
     return ci
 
 
+@register_method(
+    "chip",
+    description="CHIP: channel independence of feature maps (filters)",
+    kinds=("filter",),
+    config=ScoreBatchesConfig,
+)
 class CHIPScorer(GroupScorer):
     """Channel independence (nuclear-norm drop when a feature map is zeroed), averaged over the first
     ``samples`` samples of ``batches`` training batches (Sui et al. 2021, Eq. 3); per-layer allocation."""
@@ -77,6 +89,10 @@ class CHIPScorer(GroupScorer):
         self.samples = check_positive_int("CHIP samples", samples)
 
     @torch.no_grad()
+    @classmethod
+    def from_config(cls, settings: ScoreBatchesConfig, info: object) -> CHIPScorer:
+        return cls(batches=settings.score_batches)
+
     def scores(self, context: PruneContext) -> Tensor:
         groups = context.groups
         ranges = filter_site_ranges(groups, "CHIP")
@@ -99,7 +115,7 @@ class CHIPScorer(GroupScorer):
         count = 0
         was_training = model.training
         handles = [
-            site.module.register_forward_hook(hook_for(i, stop - start))
+            getattr(site, "feature_module", site.module).register_forward_hook(hook_for(i, stop - start))
             for i, (site, start, stop) in enumerate(ranges)
         ]
         model.eval()

@@ -21,7 +21,9 @@ at the end, without fine-tuning:
 
 * :class:`DPFPSScorer` ranks filters by their BN scale ``|γ_c|`` **globally** across layers
   (``allocation = "global"``), so the per-layer sparsity is allocated dynamically by the ranking, as the
-  paper's allocation follows where the penalty has already made filters small;
+  paper's allocation follows where the penalty has already made filters small (a filter of convs coupled
+  by residual additions, one :class:`~plprune.sites.FilterSite` with several conv → BN members, scores
+  ``Σ |γ_c|`` over their BNs, and the penalty below acts on each of those γ_c);
 * :class:`DPFPSRegulariser` adds, in ``on_after_backward``, the ℓ1 subgradient ``λ · s(t) · sign(γ_c)`` to
   ``γ_c.grad`` of exactly the *expected pruning* filters E(t), which it recomputes at every step:
 
@@ -40,9 +42,9 @@ at the end, without fine-tuning:
 **Departures from the paper**, each deliberate:
 
 * penalty on the BN scale γ_c with ℓ1 (as in network slimming, Liu et al. 2017) instead of group-ℓ2,1 on the
-  conv filter and the next layer's input column: in a :class:`~plprune.models.filters.GatedConvBN` BN
-  divides the conv filter's scale out again, so γ_c (with β_c) is what sets channel c's output size, and
-  it is what the scorer ranks;
+  conv filter and the next layer's input column: in conv → BN (e.g.
+  :class:`~plprune.models.filters.GatedConvBN`) BN divides the conv filter's scale out again, so γ_c
+  (with β_c) is what sets channel c's output size, and it is what the scorer ranks;
 * a subgradient added to ``.grad`` (so it passes through the optimizer — momentum, Adam's rescaling — and
   any gradient clipping) instead of ISTA's proximal step after the optimizer step, which sets a group
   exactly to zero; a γ exactly at 0 gets no push (``sign(0) = 0`` is a valid subgradient);
@@ -59,44 +61,46 @@ at the end, without fine-tuning:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
 from plprune.gates import GroupSet
-from plprune.pruners.base import GroupScorer, PruneContext, PruningCallback, select_mask
+from plprune.pruners.base import GroupScorer, PruneContext, PrunerPlugin, select_mask
 from plprune.pruners.fpgm import filter_site_ranges
-from plprune.train.callbacks import Callback
+from plprune.pruners.registration import register_method
 from plprune.validation import check_non_negative_float, check_non_negative_int
-
-if TYPE_CHECKING:
-    from plprune.train.loop import Trainer
 
 __all__ = ["DPFPSRegulariser", "DPFPSScorer", "bn_scales", "progressive_factor"]
 
 
 def bn_scales(groups: GroupSet, method: str = "DPFPS") -> list[tuple[nn.Parameter, int, int]]:
-    """``(γ, start, stop)`` per filter site: the site's BN scale parameter (``site.module.bn.weight``),
-    whose entry c belongs to group ``start + c``. Raises unless every group is a filter of a conv → BN
-    site."""
+    """``(γ, start, stop)`` per norm of every filter site: the BN scale parameter of each of the site's
+    convs (``site.members[i].norm.weight``; several when convs are coupled by residual additions), whose
+    entry c belongs to group ``start + c``. Raises unless every group is a filter of conv → BN sites."""
     scales = []
     for site, start, stop in filter_site_ranges(groups, method):
-        weight = getattr(getattr(site.module, "bn", None), "weight", None)
-        if not isinstance(weight, nn.Parameter) or tuple(weight.shape) != (stop - start,):
-            raise PlpruneError(
-                f"{method} ranks BatchNorm scales: filter site {site.module_name!r} needs a .bn with a "
-                f"weight of shape ({stop - start},) (conv → BN → gate, as GatedConvBN)"
-            )
-        scales.append((weight, start, stop))
+        members = getattr(site, "members", None) or [None]
+        for member in members:
+            weight = getattr(getattr(member, "norm", None), "weight", None)
+            if not isinstance(weight, nn.Parameter) or tuple(weight.shape) != (stop - start,):
+                conv = getattr(member, "conv_name", None) or site.module_name
+                raise PlpruneError(
+                    f"{method} ranks BatchNorm scales: conv {conv!r} of filter site {site.module_name!r} "
+                    f"needs a BatchNorm right after it with a weight of shape ({stop - start},)"
+                )
+            scales.append((weight, start, stop))
     return scales
 
 
 def _gamma(scales: list[tuple[nn.Parameter, int, int]], p: int) -> Tensor:
+    """``(p,)`` float64: Σ |γ_c| over the norms of each group (one norm per conv; coupled convs: the sum)."""
     gamma = torch.zeros(p, dtype=torch.float64)
     for weight, start, stop in scales:
-        gamma[start:stop] = weight.detach().double().cpu()
+        gamma[start:stop] += weight.detach().double().abs().cpu()
     return gamma
 
 
@@ -133,12 +137,41 @@ def progressive_factor(step: int, end: int) -> float:
     return 1.0 / (1.0 + math.exp(15.0 - 30.0 * (step + 1) / end))
 
 
+@dataclass
+class DPFPSConfig:
+    """DPFPS's setting: the strength of the progressive ℓ1 subgradient on BN scales."""
+
+    sparsity_strength: float = field(default=1e-4, metadata={"help": "l1 strength on BN scales (1e-4)"})
+
+    def __post_init__(self) -> None:
+        check_non_negative_float("DPFPS sparsity strength", self.sparsity_strength)
+
+
+@register_method(
+    "dpfps",
+    description="DPFPS: BN-scale ranking with dynamic sparsity allocation and l1 regulariser (filters)",
+    kinds=("filter",),
+    config=DPFPSConfig,
+)
 class DPFPSScorer(GroupScorer):
     """``|γ_c|``, the BN scale of filter c, ranked globally across layers (DPFPS's ranking, with the
-    per-layer sparsity allocated dynamically by it; see the module docstring). Pruned filters score 0."""
+    per-layer sparsity allocated dynamically by it; see the module docstring). Pruned filters score 0.
+    Brings the :class:`DPFPSRegulariser` plugin (``strength`` 0: none)."""
 
     name = "dpfps"
     allocation = "global"
+    needs_data = False
+    kinds = ("filter",)
+
+    def __init__(self, strength: float = 1e-4) -> None:
+        self.strength = check_non_negative_float("DPFPS sparsity strength", strength)
+
+    @classmethod
+    def from_config(cls, settings: DPFPSConfig, info: Any) -> DPFPSScorer:
+        return cls(settings.sparsity_strength)
+
+    def plugins(self) -> list[PrunerPlugin]:
+        return [DPFPSRegulariser(self.strength)] if self.strength > 0 else []
 
     @torch.no_grad()
     def scores(self, context: PruneContext) -> Tensor:
@@ -148,30 +181,29 @@ class DPFPSScorer(GroupScorer):
         return scores
 
 
-class DPFPSRegulariser(Callback):
+class DPFPSRegulariser(PrunerPlugin):
     """Progressive ℓ1 subgradient ``strength · s(t) · sign(γ_c)`` on the BN scales of DPFPS's *expected
     pruning* filters, added to ``γ.grad`` after each backward pass (module docstring: which filters, which
     factor, and where this departs from Ruan et al. 2021).
 
-    Place it after ``pruning`` in the trainer's callbacks. It holds no state of its own: everything is
-    recomputed from the weights, the gradients and ``pruning``'s progress, so resuming is exact.
+    A :class:`~plprune.pruner.Pruner` plugin (``DPFPSScorer.plugins``): it acts when gradients are ready
+    and before the optimizer steps (in the built-in trainer: after gradient clipping). It holds no state of
+    its own: everything is recomputed from the weights, the gradients and the pruner's progress, so resuming
+    is exact.
     """
 
-    def __init__(self, groups: GroupSet, pruning: PruningCallback, strength: float = 1e-4) -> None:
-        self.scales = bn_scales(groups, "the DPFPS regulariser")
-        if not isinstance(pruning, PruningCallback):
-            raise PlpruneError(f"pruning must be a PruningCallback, got {type(pruning).__name__}")
-        if pruning.groups is not groups:
-            raise PlpruneError(
-                "the DPFPS regulariser must act on the same GroupSet as its pruning callback (pruning.groups)"
-            )
-        self.groups = groups
-        self.pruning = pruning
+    def __init__(self, strength: float = 1e-4) -> None:
         self.strength = check_non_negative_float("DPFPS sparsity strength", strength)
-        self._params = dict(groups.model.named_parameters())
-        self._channel_params = _channel_params(groups, self._params)
         self.last_penalised = 0
         self.last_penalty = 0.0
+
+    def bind(self, pruner: Any) -> None:
+        groups = pruner.groups
+        self.scales = bn_scales(groups, "the DPFPS regulariser")
+        self.groups = groups
+        self.pruner = pruner
+        self._params = dict(groups.model.named_parameters())
+        self._channel_params = _channel_params(groups, self._params)
 
     def taylor_sensitivity(self) -> Tensor:
         """``(p,)`` float64: ``|Σ w ⊙ ∂L/∂w|`` over each group's slices, from the current ``.grad``
@@ -192,10 +224,10 @@ class DPFPSRegulariser(Callback):
         """``(p,)`` bool: the alive filters the penalty acts on now (none once every event has run)."""
         groups = self.groups
         target = torch.zeros(len(groups), dtype=torch.bool)
-        events = self.pruning.schedule.events()
-        if self.pruning.events_done >= len(events):
+        events = self.pruner.schedule.events()
+        if self.pruner.events_done >= len(events):
             return target
-        ratio = self.pruning.event_ratios(events[-1]).get("filter", 0.0)
+        ratio = self.pruner.event_ratios(events[-1]).get("filter", 0.0)
         removal = groups.mask & ~select_mask(groups, _gamma(self.scales, len(groups)).abs(), ratio)
         if not bool(removal.any()):
             return target
@@ -209,10 +241,10 @@ class DPFPSRegulariser(Callback):
         return target
 
     @torch.no_grad()
-    def on_after_backward(self, trainer: Trainer, step: int) -> None:
+    def before_update(self, pruner: Any, step: int) -> None:
         self.last_penalised, self.last_penalty = 0, 0.0
-        events = self.pruning.schedule.events()
-        if self.strength == 0 or self.pruning.events_done >= len(events):
+        events = self.pruner.schedule.events()
+        if self.strength == 0 or self.pruner.events_done >= len(events):
             return
         penalty = self.strength * progressive_factor(step, events[-1].step)
         target = self.expected_pruned()
@@ -226,6 +258,5 @@ class DPFPSRegulariser(Callback):
             weight.grad[chosen] += penalty * torch.sign(weight.detach()[chosen])
         self.last_penalised, self.last_penalty = int(target.sum()), penalty
 
-    def on_evaluate(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        record["dpfps_penalised_filters"] = self.last_penalised
-        record["dpfps_penalty"] = self.last_penalty
+    def metrics(self) -> dict[str, Any]:
+        return {"dpfps_penalised_filters": self.last_penalised, "dpfps_penalty": self.last_penalty}

@@ -13,11 +13,12 @@ is g itself (higher = keep), computed on the weights alone (no data), and ranked
 (``allocation = "per_layer"``): FPGM removes the same fraction from every layer, and g is not comparable
 across layers (different filter sizes and scales).
 
-What a filter is here: group c of a :class:`~plprune.models.filters.GatedConvBN` site is conv
-``weight[c]`` plus BN ``weight[c]`` (γ_c) and ``bias[c]`` (β_c). FPGM's F_i is the conv filter only: the
-group's slices whose parameter has ≥ 2 dimensions, flattened. **The BN affine parameters γ_c, β_c are
-excluded** (the paper's filters are the conv kernels; a CNN without BN has no γ, β). Already pruned filters
-(zero weights) are left out of every sum and score 0.
+What a filter is here: group c of a filter site (:class:`~plprune.sites.FilterSite`) is conv ``weight[c]``
+(and ``bias[c]``) plus BN ``weight[c]`` (γ_c) and ``bias[c]`` (β_c) of each of the site's convs (one conv,
+or several coupled by residual additions). FPGM's F_i is the conv filter only: the group's slices whose
+parameter has ≥ 2 dimensions, flattened (coupled convs: their kernels concatenated). **The BN affine
+parameters γ_c, β_c and conv biases are excluded** (the paper's filters are the conv kernels; a CNN without
+BN has no γ, β). Already pruned filters (zero weights) are left out of every sum and score 0.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from plprune.errors import PlpruneError
 from plprune.gates import GroupSet
 from plprune.groups import GateSite
 from plprune.pruners.base import GroupScorer, PruneContext
+from plprune.pruners.registration import register_method
 
 __all__ = ["FPGMScorer", "check_filter_groups", "filter_site_ranges"]
 
@@ -58,9 +60,15 @@ def filter_site_ranges(groups: GroupSet, method: str) -> list[tuple[GateSite, in
     return ranges
 
 
+@register_method(
+    "fpgm", description="FPGM: distance to the layer's geometric median (filters)", kinds=("filter",)
+)
 class FPGMScorer(GroupScorer):
     """Sum of Euclidean distances from a conv filter to the other alive filters of its layer (He et al.
     2019, Sec. 3.4, Eq. 6); smallest = nearest the geometric median = pruned first. Per-layer allocation."""
+
+    needs_data = False
+    kinds = ("filter",)
 
     name = "fpgm"
     allocation = "per_layer"

@@ -26,8 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from plprune.pruners.base import GroupScorer, PruneContext
+from plprune.pruners.registration import register_method
 from plprune.pruners.structured import (
     LossFn,
+    ScoreBatchesConfig,
     check_batches,
     group_sums,
     loss_gradients,
@@ -64,6 +66,11 @@ def grasp_weight_scores(
     }
 
 
+@register_method(
+    "grasp",
+    description="structured GraSP: group sums of -(-w * Hg) at initialisation",
+    config=ScoreBatchesConfig, paper_schedule={"schedule": "at-init"},
+)
 class GraspScorer(GroupScorer):
     """Structured GraSP: keep score ``Σ_{q ∈ group} θ_q (Hg)_q = −Σ S(−θ)`` (higher = keep), g and H of
     the training loss summed over ``batches`` training batches (model in eval mode)."""
@@ -72,6 +79,10 @@ class GraspScorer(GroupScorer):
 
     def __init__(self, batches: int = 4) -> None:
         self.batches = check_positive_int("GraSP batches", batches)
+
+    @classmethod
+    def from_config(cls, settings: ScoreBatchesConfig, info: object) -> GraspScorer:
+        return cls(batches=settings.score_batches)
 
     def scores(self, context: PruneContext) -> Tensor:
         batches = [context.task.train_batch(context.step + b) for b in range(self.batches)]

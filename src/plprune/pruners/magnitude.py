@@ -16,11 +16,15 @@ import torch
 from torch import Tensor
 
 from plprune.pruners.base import GroupScorer, PruneContext
+from plprune.pruners.registration import register_method
 from plprune.validation import check_positive_int
 
 
+@register_method("magnitude", description="group weight magnitude, the task's schedule, no rewinding")
 class MagnitudeScorer(GroupScorer):
     """``‖w_[i]‖_p`` over all of group i's parameter slices (LTH/IMP criterion, structured)."""
+
+    needs_data = False
 
     name = "magnitude"
 

@@ -17,15 +17,17 @@ logits, literally Alg. 1's ``f``), w.r.t. the group weights (attention Q/K/V/O, 
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
 
 from plprune.curvature import compute_group_features, hutchinson_trace
 from plprune.errors import TrainingDivergedError
+from plprune.exact_norms import exact_norms
 from plprune.gating import GatingNetwork, normalise_features
 from plprune.pruners.base import GroupScorer, PruneContext
+from plprune.pruners.registration import register_method
 from plprune.seeding import generator
 from plprune.validation import (
     check_choice,
@@ -42,15 +44,17 @@ HESSIAN_SCALARS = ("loss", "logits")
 class PLConfig:
     """Settings of the PL pruner; defaults are the ones the benchmark uses (docs/pl-method.md)."""
 
-    alpha: float = 1.0
-    gate_steps: int = 10
-    gate_lr: float = 0.05
+    alpha: float = field(default=1.0, metadata={"help": "weight of the Hessian-trace term (1, Alg. 2)"})
+    gate_steps: int = field(default=10, metadata={"help": "gating-network training batches per event (10)"})
+    gate_lr: float = field(default=0.05, metadata={"help": "gating-network learning rate (default 0.05)"})
     gate_hidden: int = 16
-    num_probes: int = 1
+    num_probes: int = field(default=1, metadata={"help": "Hutchinson probes per batch (default 1)"})
     probe_distribution: str = "rademacher"
-    hessian_scalar: str = "loss"
-    kernel_output: str = "loss"
-    feature_samples: int = 16
+    hessian_scalar: str = field(default="loss", metadata={"help": "loss (default) or logits (Alg. 1's f)"})
+    kernel_output: str = field(
+        default="loss", metadata={"help": "per-sample scalar of the kernels: loss (default) or logit"}
+    )
+    feature_samples: int = field(default=16, metadata={"help": "samples n of the tangent kernels (16)"})
     # per-sample loop: on CPU faster than vmap, which holds n × T × V logits at once (helper timing)
     chunk_size: int | None = 1
     scale_to_mean_one: bool = True
@@ -78,6 +82,7 @@ def _hessian_scalar(kind: str, context: PruneContext, batch: tuple[Tensor, ...],
     return context.model(*batch).logits.sum()  # masked LM: logits at the masked positions
 
 
+@register_method("pl", description="PL-regularised gating network (the paper, Alg. 2)", config=PLConfig)
 class PLScorer(GroupScorer):
     """Scores = gates of a gating network trained on loss + α·Hutchinson trace (Alg. 2)."""
 
@@ -93,75 +98,79 @@ class PLScorer(GroupScorer):
     def scores(self, context: PruneContext) -> Tensor:
         cfg = self.config
         model, groups = context.model, context.groups
-        was_training = model.training
-        model.eval()  # no dropout: features and the gate objective are deterministic
-        try:
-            features = compute_group_features(
-                model,
-                groups.groups,
-                functools.partial(context.task.per_sample_output, kind=cfg.kernel_output),
-                self._feature_batch(context),
-                chunk_size=cfg.chunk_size,
-            )
-            # standardised per kind: heads' and experts' kernels live on different scales
-            raw = features.as_matrix()
-            inputs = torch.zeros_like(raw)
-            for kind in groups.kinds:
-                index = groups.kind_index(kind)
-                inputs[index] = normalise_features(raw[index], cfg.log_min_eigenvalue)
-            with torch.random.fork_rng():  # leave the training RNG stream untouched
-                net = GatingNetwork(cfg.gate_hidden, cfg.scale_to_mean_one).double()
-            with torch.no_grad():  # seeded per event
-                g = generator(context.seed, "gating-init", context.event_index)
-                net.hidden.weight.copy_(
-                    torch.randn(net.hidden.weight.shape, generator=g, dtype=torch.float64)
+        # exact third derivatives: plain-op norms, eager attention (foreign models; plprune.exact_norms)
+        with exact_norms(model):
+            was_training = model.training
+            model.eval()  # no dropout: features and the gate objective are deterministic
+            try:
+                features = compute_group_features(
+                    model,
+                    groups.groups,
+                    functools.partial(context.task.per_sample_output, kind=cfg.kernel_output),
+                    self._feature_batch(context),
+                    chunk_size=cfg.chunk_size,
                 )
-                net.hidden.bias.copy_(torch.randn(net.hidden.bias.shape, generator=g, dtype=torch.float64))
-            optimizer = torch.optim.Adam(net.parameters(), lr=cfg.gate_lr)
-            probes = generator(context.seed, "gating-probes", context.event_index)
-            weights = groups.parameters()
-            history: list[dict[str, float]] = []
-            skipped = 0
-            for b in range(cfg.gate_steps):
-                batch = context.task.train_batch(context.step + b)
-                gates = net(inputs)
-                with groups.soft_gates(gates.to(weights[0].dtype)):
-                    loss = context.task.loss(model, batch)
-                    trace = None
-                    objective = loss
-                    if cfg.alpha > 0:  # α = 0: loss-only gate training, no Hessian work at all
-                        trace = hutchinson_trace(
-                            _hessian_scalar(cfg.hessian_scalar, context, batch, loss),
-                            weights,
-                            num_probes=cfg.num_probes,
-                            distribution=cfg.probe_distribution,
-                            generator=probes,
-                            create_graph=True,
-                        )
-                        objective = loss + cfg.alpha * trace.mean
-                if not torch.isfinite(objective):
-                    skipped += 1
-                    continue
-                grads = torch.autograd.grad(objective, list(net.parameters()))
-                for param, grad in zip(net.parameters(), grads, strict=True):
-                    param.grad = grad
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                history.append(
-                    {
-                        "loss": float(loss.detach()),
-                        "trace": float(trace.mean.detach()) if trace is not None else 0.0,
-                    }
-                )
-            if cfg.gate_steps and skipped == cfg.gate_steps:
-                raise TrainingDivergedError(
-                    "every gate-training batch gave a NaN/Inf objective; lower --alpha or --gate-lr"
-                )
-            with torch.no_grad():
-                final_gates = net(inputs).float()
-        finally:
-            groups.clear_soft_gates()
-            model.train(was_training)
+                # standardised per kind: heads' and experts' kernels live on different scales
+                raw = features.as_matrix()
+                inputs = torch.zeros_like(raw)
+                for kind in groups.kinds:
+                    index = groups.kind_index(kind)
+                    inputs[index] = normalise_features(raw[index], cfg.log_min_eigenvalue)
+                with torch.random.fork_rng():  # leave the training RNG stream untouched
+                    net = GatingNetwork(cfg.gate_hidden, cfg.scale_to_mean_one).double()
+                with torch.no_grad():  # seeded per event
+                    g = generator(context.seed, "gating-init", context.event_index)
+                    net.hidden.weight.copy_(
+                        torch.randn(net.hidden.weight.shape, generator=g, dtype=torch.float64)
+                    )
+                    net.hidden.bias.copy_(
+                        torch.randn(net.hidden.bias.shape, generator=g, dtype=torch.float64)
+                    )
+                optimizer = torch.optim.Adam(net.parameters(), lr=cfg.gate_lr)
+                probes = generator(context.seed, "gating-probes", context.event_index)
+                weights = groups.parameters()
+                history: list[dict[str, float]] = []
+                skipped = 0
+                for b in range(cfg.gate_steps):
+                    batch = context.task.train_batch(context.step + b)
+                    gates = net(inputs)
+                    with groups.soft_gates(gates.to(weights[0].dtype)):
+                        loss = context.task.loss(model, batch)
+                        trace = None
+                        objective = loss
+                        if cfg.alpha > 0:  # α = 0: loss-only gate training, no Hessian work at all
+                            trace = hutchinson_trace(
+                                _hessian_scalar(cfg.hessian_scalar, context, batch, loss),
+                                weights,
+                                num_probes=cfg.num_probes,
+                                distribution=cfg.probe_distribution,
+                                generator=probes,
+                                create_graph=True,
+                            )
+                            objective = loss + cfg.alpha * trace.mean
+                    if not torch.isfinite(objective):
+                        skipped += 1
+                        continue
+                    grads = torch.autograd.grad(objective, list(net.parameters()))
+                    for param, grad in zip(net.parameters(), grads, strict=True):
+                        param.grad = grad
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    history.append(
+                        {
+                            "loss": float(loss.detach()),
+                            "trace": float(trace.mean.detach()) if trace is not None else 0.0,
+                        }
+                    )
+                if cfg.gate_steps and skipped == cfg.gate_steps:
+                    raise TrainingDivergedError(
+                        "every gate-training batch gave a NaN/Inf objective; lower --alpha or --gate-lr"
+                    )
+                with torch.no_grad():
+                    final_gates = net(inputs).float()
+            finally:
+                groups.clear_soft_gates()
+                model.train(was_training)
         context.log.update(
             features={
                 "min_eigenvalue": features.min_eigenvalue.tolist(),

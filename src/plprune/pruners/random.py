@@ -6,11 +6,15 @@ import torch
 from torch import Tensor
 
 from plprune.pruners.base import GroupScorer, PruneContext
+from plprune.pruners.registration import register_method
 from plprune.seeding import generator
 
 
+@register_method("random", description="random groups (sanity floor), same schedule")
 class RandomScorer(GroupScorer):
     """Uniform random scores, seeded by (run seed, event index): reproducible, independent of the model."""
+
+    needs_data = False
 
     name = "random"
 

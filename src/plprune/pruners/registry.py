@@ -1,176 +1,49 @@
-"""Every pruning method by name: its scorer, the group kinds it applies to, the paper's schedule for it,
-and the extra callbacks it needs (IMP's weight rewinding, DPFPS's sparsity regulariser).
+"""Every pruning method by name, collected from the ``@register_method`` decorators of the scorer modules.
 
-The runner builds methods from here; ``plprune compare`` applies each method's ``paper_schedule`` (the
-setting the PL paper's App. E.3 uses for that baseline) on top of a task's base schedule. Scorer modules are
-imported lazily so that ``plprune.run_config`` can list method names without importing every criterion.
+Importing this module imports every module of :mod:`plprune.pruners` once (so a new criterion is one new
+module with a decorated scorer: nothing else to edit), then answers look-ups: :func:`get_method`,
+:data:`METHOD_NAMES`, :func:`check_method_kinds`, and the CLI flags derived from the methods' settings
+(:func:`setting_flags`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+import dataclasses
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any
 
+import plprune.pruners as _package
 from plprune.errors import PlpruneError
+from plprune.pruners.registration import ALL_KINDS, METHODS, BuildInfo, MethodSpec, register_reference
 
-if TYPE_CHECKING:
-    from plprune.gates import GroupSet
-    from plprune.pruners.base import GroupScorer, PruningCallback
-    from plprune.run_config import PruneConfig
-    from plprune.train.callbacks import Callback
-
-ALL_KINDS = ("head", "expert", "filter")
-
-# the paper's iterative baselines (IMP, Att/Exp-Score) prune in rounds; ours: 3 rounds one epoch apart
-ITERATIVE = {"schedule": "iterative", "rounds": 3, "prune_every": "1e"}
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """One pruning method. ``build_scorer(prune_config)`` makes its :class:`GroupScorer` (``None``: dense);
-    ``build_extras(prune_config, groups, pruning, total_steps, steps_per_epoch)`` its extra callbacks
-    (placed after the pruning callback); ``paper_schedule``: prune-table overrides giving the paper's
-    setting for the method."""
-
-    name: str
-    description: str
-    kinds: tuple[str, ...]
-    build_scorer: Callable[[PruneConfig], GroupScorer] | None
-    paper_schedule: dict[str, Any] = field(default_factory=dict)
-    build_extras: Callable[[PruneConfig, GroupSet, PruningCallback, int, int], list[Callback]] | None = None
-
-
-def _pl(config: PruneConfig) -> GroupScorer:
-    from plprune.pruners.pl import PLScorer
-
-    return PLScorer(config.pl)
-
-
-def _random(config: PruneConfig) -> GroupScorer:
-    from plprune.pruners.random import RandomScorer
-
-    return RandomScorer()
-
-
-def _magnitude(config: PruneConfig) -> GroupScorer:
-    from plprune.pruners.magnitude import MagnitudeScorer
-
-    return MagnitudeScorer()
-
-
-def _rewinder(
-    config: PruneConfig, groups: GroupSet, pruning: PruningCallback, total_steps: int, steps_per_epoch: int
-) -> list[Callback]:
-    """IMP rewinds the surviving weights to their values at ``rewind_at`` (default 5% of training, E.3)."""
-    from plprune.pruners.rewind import WeightRewinder
-
-    return [WeightRewinder(groups, pruning, rewind_step(config, total_steps, steps_per_epoch))]
-
-
-def rewind_step(config: PruneConfig, total_steps: int, steps_per_epoch: int) -> int:
-    """The rewinding step: ``config.rewind_at`` (steps or epochs) or, by default, 5% of ``total_steps``."""
-    from plprune.schedules import parse_time
-
-    if config.rewind_at is None:
-        return round(0.05 * total_steps)
-    return parse_time(config.rewind_at, steps_per_epoch)
-
-
-def _grad_score(config: PruneConfig) -> GroupScorer:
-    from plprune.pruners.sensitivity import GateSensitivityScorer
-
-    return GateSensitivityScorer(batches=config.score_batches)
-
-
-def _snip(config: PruneConfig) -> GroupScorer:
-    from plprune.pruners.snip import SnipScorer
-
-    return SnipScorer(batches=config.score_batches)
-
-
-def _grasp(config: PruneConfig) -> GroupScorer:
-    from plprune.pruners.grasp import GraspScorer
-
-    return GraspScorer(batches=config.score_batches)
-
-
-def _fpgm(config: PruneConfig) -> GroupScorer:
-    from plprune.pruners.fpgm import FPGMScorer
-
-    return FPGMScorer()
-
-
-def _chip(config: PruneConfig) -> GroupScorer:
-    from plprune.pruners.chip import CHIPScorer
-
-    return CHIPScorer(batches=config.score_batches)
-
-
-def _dpfps(config: PruneConfig) -> GroupScorer:
-    from plprune.pruners.dpfps import DPFPSScorer
-
-    return DPFPSScorer()
-
-
-def _dpfps_regulariser(
-    config: PruneConfig, groups: GroupSet, pruning: PruningCallback, total_steps: int, steps_per_epoch: int
-) -> list[Callback]:
-    from plprune.pruners.dpfps import DPFPSRegulariser
-
-    return [DPFPSRegulariser(groups, pruning, strength=config.sparsity_strength)]
-
-
-_SPECS = [
-    MethodSpec("dense", "no pruning (the reference)", ALL_KINDS, None),
-    MethodSpec("pl", "PL-regularised gating network (the paper, Alg. 2)", ALL_KINDS, _pl),
-    MethodSpec("random", "random groups (sanity floor), same schedule", ALL_KINDS, _random),
-    MethodSpec(
-        "imp",
-        "LTH/IMP: group weight magnitude, iterative rounds, rewinding to 5% of training",
-        ALL_KINDS,
-        _magnitude,
-        ITERATIVE,
-        _rewinder,
-    ),
-    MethodSpec(
-        "magnitude", "group weight magnitude, the task's schedule, no rewinding", ALL_KINDS, _magnitude
-    ),
-    MethodSpec(
-        "grad-score",
-        "Att-/Exp-Score (Michel et al. 2019): accumulated |dL/dgate|, per-layer L2 normalised, iterative",
-        ALL_KINDS,
-        _grad_score,
-        ITERATIVE,
-    ),
-    MethodSpec(
-        "snip",
-        "structured SNIP: group sums of |w * dL/dw| at initialisation",
-        ALL_KINDS,
-        _snip,
-        {"schedule": "at-init"},
-    ),
-    MethodSpec(
-        "grasp",
-        "structured GraSP: group sums of -(-w * Hg) at initialisation",
-        ALL_KINDS,
-        _grasp,
-        {"schedule": "at-init"},
-    ),
-    MethodSpec("fpgm", "FPGM: distance to the layer's geometric median (filters)", ("filter",), _fpgm),
-    MethodSpec("chip", "CHIP: channel independence of feature maps (filters)", ("filter",), _chip),
-    MethodSpec(
-        "dpfps",
-        "DPFPS: BN-scale ranking with dynamic sparsity allocation and l1 regulariser (filters)",
-        ("filter",),
-        _dpfps,
-        {},
-        _dpfps_regulariser,
-    ),
+__all__ = [
+    "ALL_KINDS",
+    "METHODS",
+    "METHOD_NAMES",
+    "BuildInfo",
+    "MethodSpec",
+    "SettingFlag",
+    "check_method_kinds",
+    "get_method",
+    "setting_flags",
 ]
 
-METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in _SPECS}
-METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+_INFRASTRUCTURE = {"base", "registration", "registry", "structured", "tracking"}
+
+register_reference("dense", "no pruning (the reference)")
+for _module in pkgutil.iter_modules(_package.__path__):
+    if _module.name not in _INFRASTRUCTURE:
+        importlib.import_module(f"{_package.__name__}.{_module.name}")
+
+# display order (reports, help): the reference, the paper's method, then the baselines; new methods follow
+_PREFERRED = (
+    *("dense", "pl", "random", "imp", "magnitude", "grad-score", "snip", "grasp", "fpgm", "chip", "dpfps"),
+)
+METHOD_NAMES: tuple[str, ...] = tuple(
+    sorted(METHODS, key=lambda m: _PREFERRED.index(m) if m in _PREFERRED else len(_PREFERRED))
+)
 
 
 def get_method(name: str) -> MethodSpec:
@@ -190,3 +63,56 @@ def check_method_kinds(name: str, kinds: tuple[str, ...]) -> None:
             f"method {name!r} prunes {'/'.join(spec.kinds)} groups only, not {'/'.join(unsupported)}; "
             f"methods for {'/'.join(kinds)}: {', '.join(able)}"
         )
+
+
+@dataclass(frozen=True)
+class SettingFlag:
+    """A CLI flag ``--FIELD`` derived from the methods' settings: it sets ``field`` of every method whose
+    settings have it (e.g. ``--score-batches`` for grad-score, SNIP, GraSP and CHIP)."""
+
+    flag: str
+    field: str
+    type: Any
+    help: str
+    methods: tuple[str, ...]
+
+
+def setting_flags() -> list[SettingFlag]:
+    """One flag per settings field that has ``metadata={"help": ...}``, across all methods."""
+    found: dict[str, SettingFlag] = {}
+    for spec in METHODS.values():
+        if spec.config is None:
+            continue
+        for f in dataclasses.fields(spec.config):
+            text = f.metadata.get("help")
+            if not text:
+                continue
+            kind = f.metadata.get("type", _scalar_type(f.default))
+            previous = found.get(f.name)
+            if previous is not None and previous.type is not kind:
+                raise PlpruneError(f"settings field {f.name!r} has different types in different methods")
+            methods = (*previous.methods, spec.name) if previous else (spec.name,)
+            help_text = previous.help if previous else text
+            found[f.name] = SettingFlag(f"--{f.name.replace('_', '-')}", f.name, kind, help_text, methods)
+    return [
+        dataclasses.replace(flag, help=f"{', '.join(flag.methods)}: {flag.help}") for flag in found.values()
+    ]
+
+
+def _scalar_type(default: Any) -> Any:
+    if isinstance(default, bool):
+        raise PlpruneError("boolean settings need metadata={'type': ...} to become a flag")
+    return type(default) if isinstance(default, (int, float, str)) else str
+
+
+def build_scorer(name: str, settings: Any, info: BuildInfo) -> Any:
+    """The scorer of method ``name`` (``None`` for dense)."""
+    spec = get_method(name)
+    return None if spec.build is None else spec.build(settings, info)
+
+
+def method_settings(raw: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``{method: settings dataclass}`` for every method that has settings, from ``{method: {field: value}}``
+    tables (missing tables: the defaults)."""
+    raw = raw or {}
+    return {name: spec.settings(raw.get(name)) for name, spec in METHODS.items() if spec.config is not None}

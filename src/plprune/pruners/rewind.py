@@ -16,84 +16,72 @@ Choices, to document:
 * after restoring the snapshot the hard mask is re-applied to the gate sites (a snapshot from before
   pruning has e.g. a Switch layer's ``expert_keep`` buffer all True) and the pruned weights are zeroed.
 
-Place the rewinder **after** its :class:`~plprune.pruners.base.PruningCallback` in the trainer's callback
-list, so that an event at step s has run (on the trained weights) before the rewind at step s.
+:class:`IMPScorer` is the IMP method: group-weight magnitude scores plus a :class:`WeightRewinder` plugin,
+which the :class:`~plprune.pruner.Pruner` runs right after the events of a step (so an event at step s
+scores the trained weights before the rewind at step s). Clearing optimizer state needs the pruner to be
+attached to the optimizer.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
 from plprune.errors import PlpruneError
-from plprune.gates import GroupSet
-from plprune.pruners.base import PruningCallback
-from plprune.train.callbacks import Callback
+from plprune.pruners.base import PrunerPlugin
+from plprune.pruners.magnitude import MagnitudeScorer
+from plprune.pruners.registration import register_method
+from plprune.pruners.structured import ITERATIVE
 from plprune.validation import check_non_negative_int
 
-if TYPE_CHECKING:
-    from plprune.train.loop import Trainer
 
+class WeightRewinder(PrunerPlugin):
+    """After each pruning event, rewind the model to its state at step ``rewind_step`` (module
+    docstring), keep pruned groups at zero and clear the optimizer state."""
 
-class WeightRewinder(Callback):
-    """After each pruning event of ``pruning``, rewind the model to its state at step ``rewind_step``
-    (module docstring), keep pruned groups at zero and clear the optimizer state."""
-
-    def __init__(self, groups: GroupSet, pruning: PruningCallback, rewind_step: int) -> None:
-        if not isinstance(pruning, PruningCallback):
-            raise PlpruneError(f"pruning must be a PruningCallback, got {type(pruning).__name__}")
-        if groups is not pruning.groups:
-            raise PlpruneError(
-                "the rewinder's GroupSet must be the pruning callback's own GroupSet (pruning.groups): "
-                "another GroupSet would not see the groups it prunes"
-            )
-        check_non_negative_int("rewind step", rewind_step)
-        events = pruning.schedule.events()
-        if not events:
-            raise PlpruneError("the pruning schedule has no events, so there is nothing to rewind after")
-        first = events[0].step
-        if rewind_step >= first:
-            allowed = f"0 <= rewind step < {first}" if first > 0 else "none (the first event is at step 0)"
-            raise PlpruneError(
-                f"rewind step {rewind_step} must come before the first pruning event (step {first}); "
-                f"allowed: {allowed}. Rewinding needs a schedule whose first event is after step 0"
-            )
-        self.groups = groups
-        self.pruning = pruning
-        self.rewind_step = rewind_step
+    def __init__(self, rewind_step: int) -> None:
+        self.rewind_step = check_non_negative_int("rewind step", rewind_step)
         self.snapshot: dict[str, Tensor] | None = None
         self.events_seen = 0
         self.rewinds = 0
 
-    def on_train_start(self, trainer: Trainer) -> None:
-        if trainer.model is not self.groups.model:
-            raise PlpruneError("the WeightRewinder's GroupSet belongs to another model than the trainer's")
-        callbacks = trainer.callbacks
-        if self.pruning not in callbacks or callbacks.index(self.pruning) > callbacks.index(self):
+    def bind(self, pruner: Any) -> None:
+        events = pruner.schedule.events()
+        if not events:
+            raise PlpruneError("the pruning schedule has no events, so there is nothing to rewind after")
+        first = events[0].step
+        if self.rewind_step >= first:
+            allowed = f"0 <= rewind step < {first}" if first > 0 else "none (the first event is at step 0)"
             raise PlpruneError(
-                "the WeightRewinder must come after its PruningCallback in the trainer's callback list"
+                f"rewind step {self.rewind_step} must come before the first pruning event (step {first}); "
+                f"allowed: {allowed}. Rewinding needs a schedule whose first event is after step 0"
             )
 
-    def on_step_start(self, trainer: Trainer, step: int) -> None:
+    def on_step_start(self, pruner: Any, step: int) -> None:
         if step == self.rewind_step:
             self.snapshot = {
-                name: tensor.detach().clone() for name, tensor in trainer.model.state_dict().items()
+                name: tensor.detach().clone() for name, tensor in pruner.model.state_dict().items()
             }
-        if self.pruning.events_done > self.events_seen:
-            self.rewind(trainer)
-            self.events_seen = self.pruning.events_done
+        if pruner.events_done > self.events_seen:
+            self.rewind(pruner)
+            self.events_seen = pruner.events_done
 
-    def rewind(self, trainer: Trainer) -> None:
+    def rewind(self, pruner: Any) -> None:
         """Restore the snapshot, re-apply the hard mask (pruned weights 0) and clear the optimizer state."""
         if self.snapshot is None:
             raise PlpruneError(
                 f"no weight snapshot to rewind to: the rewinder did not see step {self.rewind_step} "
-                "(was it added when resuming a run that had passed that step?)"
+                "(call pruner.step(step) at every step from the start, or resume from a checkpoint)"
             )
-        trainer.model.load_state_dict(self.snapshot)
-        self.groups.apply_mask(self.groups.mask.clone())  # gate sites' hard masks, then enforce()
-        trainer.optimizer.state.clear()
+        if pruner.optimizer is None:
+            raise PlpruneError(
+                "IMP's rewinding clears the optimizer state: call pruner.attach(optimizer) first"
+            )
+        pruner.model.load_state_dict(self.snapshot)
+        pruner.groups.apply_mask(pruner.groups.mask.clone())  # gate sites' hard masks, then enforce()
+        pruner.optimizer.state.clear()
         self.rewinds += 1
 
     def state_dict(self) -> dict[str, Any]:
@@ -114,3 +102,40 @@ class WeightRewinder(Callback):
         self.snapshot = {k: v.clone() for k, v in snapshot.items()} if state["has_snapshot"] else None
         self.events_seen = int(state["events_seen"])
         self.rewinds = int(state["rewinds"])
+
+
+@dataclass
+class IMPConfig:
+    """IMP's settings: when to rewind to (steps ``800`` or epochs ``"0.5e"``; default 5% of training)."""
+
+    rewind_at: str | None = field(
+        default=None, metadata={"help": "rewinding time, steps or epochs (default 5%% of the steps)"}
+    )
+
+
+@register_method(
+    "imp",
+    description="LTH/IMP: group weight magnitude, iterative rounds, rewinding to 5% of training",
+    config=IMPConfig,
+    paper_schedule=ITERATIVE,
+)
+class IMPScorer(MagnitudeScorer):
+    """LTH/IMP: group-weight magnitude with weight rewinding to ``rewind_step`` after every event."""
+
+    name = "imp"
+
+    def __init__(self, rewind_step: int, p: int = 2) -> None:
+        super().__init__(p)
+        self.rewind_step = check_non_negative_int("rewind step", rewind_step)
+
+    @classmethod
+    def from_config(cls, settings: IMPConfig, info: Any) -> IMPScorer:
+        """Rewind to ``settings.rewind_at`` (steps or epochs) or, by default, 5% of training (E.3)."""
+        from plprune.schedules import parse_time
+
+        if settings.rewind_at is None:
+            return cls(round(0.05 * info.total_steps))
+        return cls(parse_time(settings.rewind_at, info.steps_per_epoch))
+
+    def plugins(self) -> list[PrunerPlugin]:
+        return [WeightRewinder(self.rewind_step)]

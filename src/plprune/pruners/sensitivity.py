@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from plprune.pruners.base import GroupScorer, PruneContext
-from plprune.pruners.structured import loss_gradients, scoring_mode
+from plprune.pruners.registration import register_method
+from plprune.pruners.structured import ITERATIVE, ScoreBatchesConfig, loss_gradients, scoring_mode
 from plprune.validation import check_positive_int
 
 
@@ -41,6 +42,11 @@ def normalise_per_layer(scores: Tensor, layer_ids: Tensor) -> Tensor:
     return result / top if top > 0 else result
 
 
+@register_method(
+    "grad-score",
+    description="Att-/Exp-Score (Michel et al. 2019): accumulated |dL/dgate|, per-layer L2 normalised, iterative",
+    config=ScoreBatchesConfig, paper_schedule=ITERATIVE,
+)
 class GateSensitivityScorer(GroupScorer):
     """``Σ_b |∂L_b/∂g_i|`` at gates 1, L2-normalised per layer, then divided by the maximum
     (Michel et al. 2019 head importance; the module docstring has the steps)."""
@@ -49,6 +55,10 @@ class GateSensitivityScorer(GroupScorer):
 
     def __init__(self, batches: int = 4) -> None:
         self.batches = check_positive_int("gradient-score batches", batches)
+
+    @classmethod
+    def from_config(cls, settings: ScoreBatchesConfig, info: object) -> GateSensitivityScorer:
+        return cls(batches=settings.score_batches)
 
     def scores(self, context: PruneContext) -> Tensor:
         groups, model = context.groups, context.model

@@ -16,8 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from plprune.pruners.base import GroupScorer, PruneContext
+from plprune.pruners.registration import register_method
 from plprune.pruners.structured import (
     LossFn,
+    ScoreBatchesConfig,
     check_batches,
     group_sums,
     named_parameters,
@@ -46,6 +48,11 @@ def snip_weight_scores(
     }
 
 
+@register_method(
+    "snip",
+    description="structured SNIP: group sums of |w * dL/dw| at initialisation",
+    config=ScoreBatchesConfig, paper_schedule={"schedule": "at-init"},
+)
 class SnipScorer(GroupScorer):
     """Structured SNIP: the sum of ``|w ⊙ ∂L/∂w|`` over each group's weights, gradients summed over
     ``batches`` training batches (model in eval mode)."""
@@ -54,6 +61,10 @@ class SnipScorer(GroupScorer):
 
     def __init__(self, batches: int = 4) -> None:
         self.batches = check_positive_int("SNIP batches", batches)
+
+    @classmethod
+    def from_config(cls, settings: ScoreBatchesConfig, info: object) -> SnipScorer:
+        return cls(batches=settings.score_batches)
 
     def scores(self, context: PruneContext) -> Tensor:
         batches = [context.task.train_batch(context.step + b) for b in range(self.batches)]

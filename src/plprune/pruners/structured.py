@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
 from plprune.gates import GroupSet
+from plprune.validation import check_positive_int
 
 LossFn = Callable[[nn.Module, tuple[Tensor, ...]], Tensor]
 
@@ -88,6 +90,23 @@ def loss_gradients(loss: Tensor, params: Sequence[Tensor], *, create_graph: bool
         return [torch.zeros_like(p) for p in params]
     grads = torch.autograd.grad(loss, list(params), create_graph=create_graph, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+
+
+
+@dataclass
+class ScoreBatchesConfig:
+    """Settings of the data-driven baselines (grad-score, SNIP, GraSP, CHIP): batches a score averages."""
+
+    score_batches: int = field(
+        default=4, metadata={"help": "training batches a data-driven baseline's score averages (default 4)"}
+    )
+
+    def __post_init__(self) -> None:
+        check_positive_int("score_batches", self.score_batches)
+
+
+# IMP and Att/Exp-Score prune in rounds in the paper (App. E.3); here 3 rounds one epoch apart
+ITERATIVE = {"schedule": "iterative", "rounds": 3, "prune_every": "1e"}
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from plprune.errors import RunDirError, TrainingDivergedError
-from plprune.tasks.base import Task
+from plprune.task import Task
 from plprune.train.callbacks import Callback
 from plprune.train.checkpoint import load_checkpoint, save_checkpoint
 from plprune.train.config import TrainConfig
