@@ -63,6 +63,11 @@ def register_attention(adapter: AttentionAdapter) -> AttentionAdapter:
     return adapter
 
 
+def unregister_attention(name: str) -> None:
+    """Forget the adapter called ``name`` (no error if there is none)."""
+    _ATTENTION_ADAPTERS[:] = [a for a in _ATTENTION_ADAPTERS if a.name != name]
+
+
 def attention_adapters() -> list[AttentionAdapter]:
     return list(_ATTENTION_ADAPTERS)
 

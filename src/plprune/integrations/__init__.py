@@ -1,0 +1,1 @@
+"""Adapters between plprune and other training frameworks (Hugging Face ``Trainer``)."""
