@@ -54,7 +54,8 @@ class _BatchLayout:
             self.kind, self.keys = type(batch).__name__, tuple(range(len(batch)))
         else:
             raise PlpruneError(
-                f"a batch must be a Tensor, a tuple/list of Tensors or a dict of Tensors, got {type(batch).__name__}"
+                "a batch must be a Tensor, a tuple/list of Tensors or a dict of Tensors, got "
+                f"{type(batch).__name__}"
             )
 
     def flatten(self, batch: Any) -> tuple[Tensor, ...]:
@@ -95,9 +96,11 @@ class FunctionTask:
         per_sample_output: Callable[[nn.Module, Any], Tensor] | None = None,
     ) -> None:
         if not callable(loss_fn):
-            raise PlpruneError(f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
+            raise PlpruneError(
+                f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}"
+            )
         if per_sample_output is not None and not callable(per_sample_output):
-            raise PlpruneError("per_sample_output must be callable as per_sample_output(model, batch) -> (n,)")
+            raise PlpruneError("per_sample_output must be callable: per_sample_output(model, batch) -> (n,)")
         if isinstance(batches, (Tensor, str, bytes)) or not (
             callable(batches) or isinstance(batches, (Sequence, Iterable))
         ):

@@ -44,8 +44,9 @@ def normalise_per_layer(scores: Tensor, layer_ids: Tensor) -> Tensor:
 
 @register_method(
     "grad-score",
-    description="Att-/Exp-Score (Michel et al. 2019): accumulated |dL/dgate|, per-layer L2 normalised, iterative",
-    config=ScoreBatchesConfig, paper_schedule=ITERATIVE,
+    description="Att-/Exp-Score (Michel et al. 2019): accumulated |dL/dgate|, per-layer L2 normalised",
+    config=ScoreBatchesConfig,
+    paper_schedule=ITERATIVE,
 )
 class GateSensitivityScorer(GroupScorer):
     """``Σ_b |∂L_b/∂g_i|`` at gates 1, L2-normalised per layer, then divided by the maximum
