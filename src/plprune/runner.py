@@ -58,7 +58,7 @@ def prepare_run_dir(out: Path, config: RunConfig, resume: bool) -> Path:
 
 
 def build_pruning_callbacks(
-    config: RunConfig, model: torch.nn.Module, steps_per_epoch: int
+    config: RunConfig, model: torch.nn.Module, steps_per_epoch: int, example_inputs: Any = None
 ) -> list[Callback]:
     """The pruning callback of the config's method (its scorer brings any extras, e.g. IMP's rewinding, as
     plugins of the :class:`~plprune.pruner.Pruner`), then the curvature tracker; for ``method = "dense"``
@@ -72,7 +72,9 @@ def build_pruning_callbacks(
     spec = get_method(prune.method)
     kinds = prune.kinds or DEFAULT_KINDS[config.task]
     if spec.build is None:
-        return _curvature_tracker(config, GroupSet(model, kinds=kinds)) if prune.curvature_every else []
+        inputs = example_inputs if "filter" in kinds else None
+        groups = GroupSet(model, kinds, example_inputs=inputs) if prune.curvature_every else None
+        return _curvature_tracker(config, groups) if groups is not None else []
 
     def to_steps(value: str | None) -> int | None:
         return None if value is None else parse_time(value, steps_per_epoch)
@@ -86,7 +88,7 @@ def build_pruning_callbacks(
         rounds=prune.rounds,
     )
     schedule.validate(config.train.steps)
-    groups = GroupSet(model, kinds=kinds)
+    groups = GroupSet(model, kinds=kinds, example_inputs=example_inputs if "filter" in kinds else None)
     check_method_kinds(prune.method, groups.kinds)
     diagnostics = Diagnostics() if prune.diagnostics else None
     pruning = PruningCallback(
@@ -102,7 +104,7 @@ def build_pruning_callbacks(
 
 
 def _curvature_tracker(config: RunConfig, groups: GroupSet) -> list[Callback]:
-    from plprune.pruners.tracking import CurvatureTracker
+    from plprune.train.curvature_tracking import CurvatureTracker
 
     if not config.prune.curvature_every:
         return []
@@ -123,7 +125,7 @@ def train_run(
     out = prepare_run_dir(out, config, resume)
     try:
         model, task = build_task(config, out)
-        pruning = build_pruning_callbacks(config, model, task.steps_per_epoch)
+        pruning = build_pruning_callbacks(config, model, task.steps_per_epoch, task.train_batch(0)[0])
     except Exception:
         if fresh:  # a setup error (bad data, bad schedule) leaves nothing behind
             shutil.rmtree(out, ignore_errors=True)

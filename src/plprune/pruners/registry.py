@@ -30,7 +30,7 @@ __all__ = [
     "setting_flags",
 ]
 
-_INFRASTRUCTURE = {"base", "registration", "registry", "structured", "tracking"}
+_INFRASTRUCTURE = {"base", "registration", "registry", "structured"}
 
 register_reference("dense", "no pruning (the reference)")
 for _module in pkgutil.iter_modules(_package.__path__):

@@ -1,0 +1,104 @@
+"""The package's layering: low-level modules never import high-level ones, and no import cycles.
+
+Every ``import plprune...`` in a module (top level or inside a function; not under ``TYPE_CHECKING``) is
+read with ``ast``; each module has a layer, and an import may only go to the same or a lower layer.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# lowest first; a module's layer is that of the longest matching prefix
+LAYERS: list[tuple[str, ...]] = [
+    ("plprune.errors", "plprune.validation", "plprune.seeding", "plprune.table"),
+    ("plprune.groups", "plprune.keep", "plprune.schedules", "plprune.task", "plprune.gating"),
+    ("plprune.models", "plprune.data", "plprune.curvature", "plprune.exact_norms"),
+    ("plprune.sites", "plprune.gates"),
+    ("plprune.pruners",),
+    ("plprune.pruner", "plprune.scorers"),
+    ("plprune.train", "plprune.tasks", "plprune.integrations"),
+    # the run-level glue: configs, named tasks built from a config, the runner, benchmarks, CLI
+    ("plprune.run_config", "plprune.tasks.registry", "plprune.runner", "plprune.bench", "plprune.cli"),
+    ("plprune",),  # the package root re-exports the public API
+]
+
+
+def layer_of(module: str) -> int:
+    best, level = "", None
+    for index, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > len(best):
+                best, level = prefix, index
+    assert level is not None, f"{module} has no layer: add it to LAYERS"
+    return level
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("plprune"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("plprune"))
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    return {module_name(p): imports(p) for p in (SRC / "plprune").rglob("*.py")}
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    violations = [
+        f"{module} (layer {layer_of(module)}) imports {dep} (layer {layer_of(dep)})"
+        for module, deps in graph().items()
+        for dep in deps
+        if layer_of(dep) > layer_of(module)
+    ]
+    assert not violations, "\n".join(violations)
+
+
+def test_no_import_cycles_between_modules() -> None:
+    edges = graph()
+    modules = set(edges)
+
+    def resolve(dep: str) -> str | None:
+        return dep if dep in modules else None
+
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(edges[node]):
+            target = resolve(dep)
+            if target is None or target == node or node.startswith(target + "."):
+                continue  # a package's __init__ re-exporting its own modules is not a cycle
+            if state.get(target) == 1:
+                cycles.append([*stack[stack.index(target) :], target])
+            elif target not in state:
+                visit(target, stack)
+        stack.pop()
+        state[node] = 2
+
+    for module in sorted(modules):
+        if module not in state:
+            visit(module, [])
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
