@@ -22,7 +22,7 @@ from plprune.keep import prune_count
 from plprune.models.filters import GatedConvBN
 from plprune.models.resnet import ResNet
 from plprune.models.vgg import VGG
-from plprune.pruners.base import PruneContext, PruningCallback, select_mask
+from plprune.pruners.base import PruneContext, select_mask
 from plprune.pruners.chip import CHIPScorer
 from plprune.pruners.dpfps import DPFPSRegulariser, DPFPSScorer, progressive_factor
 from plprune.pruners.fpgm import FPGMScorer
@@ -31,6 +31,7 @@ from plprune.schedules import Linear, OneShot
 from plprune.tasks.classification import ClassificationTask
 from plprune.train.config import TrainConfig
 from plprune.train.loop import Trainer
+from plprune.train.pruning import PruningCallback
 from tiny_models import tiny_bert
 
 SMALL_CFG: tuple[int | str, ...] = (16, "M", 24, 32)  # × 0.25 → 4, 6, 8 filters
@@ -114,7 +115,7 @@ def fpgm_reference(model: nn.Module, alive: np.ndarray) -> np.ndarray:
 def test_fpgm_is_the_sum_of_distances_to_the_alive_filters_of_the_layer(build) -> None:
     model = build()
     warm_up(model, toy_task())
-    groups = GroupSet(model, kinds=("filter",))
+    groups = GroupSet(model, kinds=("filter",), example_inputs=torch.zeros(2, 1, 16))
     alive = prune(groups, [1, 5, len(groups) - 2])
     before = state_copy(model)
     scorer = FPGMScorer()
@@ -184,7 +185,7 @@ def chip_reference(model: nn.Module, inputs: list[torch.Tensor], alive: np.ndarr
 def test_chip_matches_numpy_nuclear_norms_of_independently_captured_maps(build, dims: int) -> None:
     model, task = (build(dims) if build is tiny_vgg else build()), toy_task(dims)
     warm_up(model, task)
-    groups = GroupSet(model, kinds=("filter",))
+    groups = GroupSet(model, kinds=("filter",), example_inputs=task.train_batch(0)[0])
     alive = prune(groups, [2, 7])
     model.train()
     before = state_copy(model)
@@ -219,7 +220,7 @@ class FailingTask:
 
 def test_chip_removes_its_hooks_and_restores_the_mode_on_error() -> None:
     model = tiny_vgg()
-    groups = GroupSet(model, kinds=("filter",))
+    groups = GroupSet(model, kinds=("filter",), example_inputs=torch.zeros(2, 1, 16))
     model.train()
     hooks = hook_counts(model)
     with pytest.raises(RuntimeError, match="boom"):
@@ -235,7 +236,7 @@ def test_chip_removes_its_hooks_and_restores_the_mode_on_error() -> None:
 def test_per_layer_allocation_removes_the_same_fraction_of_every_layer(scorer, tmp_path: Path) -> None:
     model, task = tiny_resnet(), toy_task()
     warm_up(model, task)
-    groups = GroupSet(model, kinds=("filter",))
+    groups = GroupSet(model, kinds=("filter",), example_inputs=torch.zeros(2, 1, 16))
     scores = scorer.scores(context(groups, task))
     mask = select_mask(groups, scores, 0.5, scorer.allocation)
     for layer in torch.unique(groups.layer_ids):
@@ -253,7 +254,7 @@ def test_per_layer_allocation_removes_the_same_fraction_of_every_layer(scorer, t
 def test_allocation_override_makes_a_global_scorer_prune_per_layer(tmp_path: Path) -> None:
     """``allocation="per_layer"`` on the callback (``--allocation``) overrides a global scorer's ranking."""
     model, task = tiny_resnet(), toy_task()
-    groups = GroupSet(model, kinds=("filter",))
+    groups = GroupSet(model, kinds=("filter",), example_inputs=torch.zeros(2, 1, 16))
     # global scores that favour the last layer: a global TopK would empty the others down to protection
     scores = groups.layer_ids.double() * 10 + torch.arange(len(groups)).double() / len(groups)
 
@@ -280,7 +281,7 @@ def test_allocation_override_makes_a_global_scorer_prune_per_layer(tmp_path: Pat
 def test_dpfps_scores_are_the_absolute_bn_scales() -> None:
     model = tiny_resnet()
     warm_up(model, toy_task())
-    groups = GroupSet(model, kinds=("filter",))
+    groups = GroupSet(model, kinds=("filter",), example_inputs=torch.zeros(2, 1, 16))
     alive = prune(groups, [0, 9])
     gamma = np.concatenate([m.bn.weight.detach().double().numpy() for m in gated_sites(model)])
     scorer = DPFPSScorer()
@@ -361,15 +362,17 @@ def test_dpfps_regulariser_adds_the_progressive_l1_subgradient_on_the_expected_p
 ) -> None:
     model, task = tiny_resnet(), toy_task()
     warm_up(model, task)
-    groups = GroupSet(model, kinds=("filter",))
+    groups = GroupSet(model, kinds=("filter",), example_inputs=torch.zeros(2, 1, 16))
     schedule = Linear(start=4, end=8, every=2, final_ratio=0.5)  # events at steps 4, 6, 8
-    pruning = PruningCallback(groups, DPFPSScorer(), schedule, log_path=tmp_path / "pruning.jsonl")
-    regulariser = DPFPSRegulariser(groups, pruning, strength=0.5)
+    log = tmp_path / "pruning.jsonl"
+    pruning = PruningCallback(groups, DPFPSScorer(strength=0.5), schedule, log_path=log)
+    (regulariser,) = pruning.pruner.plugins  # the scorer brings its regulariser
+    assert isinstance(regulariser, DPFPSRegulariser)
     alive = np.ones(len(groups), dtype=bool)
 
     # step 3: s = σ(30·4/8 − 15) = 1/2, penalty 0.5 · 1/2
     grads = backward(model, task, pruning, 3)
-    regulariser.on_after_backward(None, 3)  # type: ignore[arg-type]
+    regulariser.before_update(pruning.pruner, 3)
     change = gamma_grad_change(model, grads)
     expected = expected_penalty(model, grads, alive, 0.5, 0.25)
     np.testing.assert_allclose(change, expected, rtol=1e-6, atol=1e-8)
@@ -380,7 +383,7 @@ def test_dpfps_regulariser_adds_the_progressive_l1_subgradient_on_the_expected_p
     alive = groups.mask.numpy().copy()
     assert (~alive).sum() == 5
     grads = backward(model, task, pruning, 4)
-    regulariser.on_after_backward(None, 4)  # type: ignore[arg-type]
+    regulariser.before_update(pruning.pruner, 4)
     change = gamma_grad_change(model, grads)
     factor = 0.5 / (1 + math.exp(15 - 30 * 5 / 8))
     expected = expected_penalty(model, grads, alive, 0.5, factor)
@@ -388,16 +391,18 @@ def test_dpfps_regulariser_adds_the_progressive_l1_subgradient_on_the_expected_p
     assert (change[~alive] == 0).all() and int((expected != 0).sum()) == 14 - 5
 
     # every event done: no penalty at all
-    pruning.events_done = len(schedule.events())
+    pruning.pruner.events_done = len(schedule.events())
     grads = backward(model, task, pruning, 9)
-    regulariser.on_after_backward(None, 9)  # type: ignore[arg-type]
+    regulariser.before_update(pruning.pruner, 9)
     assert (gamma_grad_change(model, grads) == 0).all() and regulariser.last_penalised == 0
 
     # strength 0: nothing either
-    pruning.events_done = 0
-    off = DPFPSRegulariser(groups, pruning, strength=0.0)
+    pruning.pruner.events_done = 0
+    assert DPFPSScorer(strength=0.0).plugins() == []
+    off = DPFPSRegulariser(strength=0.0)
+    off.bind(pruning.pruner)
     grads = backward(model, task, pruning, 3)
-    off.on_after_backward(None, 3)  # type: ignore[arg-type]
+    off.before_update(pruning.pruner, 3)
     assert (gamma_grad_change(model, grads) == 0).all()
 
 
@@ -417,7 +422,7 @@ def _greedy_protected_top_k(scores: torch.Tensor, keep: int, layer_ids: torch.Te
 
 def test_protected_top_k_equals_the_greedy_rule_on_filters() -> None:
     model = tiny_resnet()
-    groups = GroupSet(model, kinds=("filter",))
+    groups = GroupSet(model, kinds=("filter",), example_inputs=torch.zeros(2, 1, 16))
     gen = torch.Generator().manual_seed(5)
     for trial in range(40):
         if trial == 20:  # some filters already pruned, including most of the smallest layer
@@ -443,13 +448,13 @@ def test_progressive_factor_is_the_papers_sigmoid_over_steps() -> None:
 
 def test_dpfps_prunes_inside_the_training_loop(tmp_path: Path) -> None:
     model, task = tiny_resnet(), toy_task()
-    groups = GroupSet(model, kinds=("filter",))
-    pruning = PruningCallback(groups, DPFPSScorer(), Linear(start=2, end=6, every=2, final_ratio=0.5))
-    regulariser = DPFPSRegulariser(groups, pruning, strength=1e-2)
+    groups = GroupSet(model, kinds=("filter",), example_inputs=torch.zeros(2, 1, 16))
+    schedule = Linear(start=2, end=6, every=2, final_ratio=0.5)
+    pruning = PruningCallback(groups, DPFPSScorer(strength=1e-2), schedule)
     config = TrainConfig(
         steps=8, batch_size=8, lr=0.05, optimizer="sgd", grad_clip=0.0, eval_every=4, checkpoint_every=0
     )
-    final = Trainer(model, task, config, tmp_path, [pruning, regulariser], progress=False).fit()
+    final = Trainer(model, task, config, tmp_path, [pruning], progress=False).fit()
     assert groups.pruned_ratio("filter") == pytest.approx(0.5)
     assert final["dpfps_penalised_filters"] == 0  # nothing left to push after the last event
     assert trainer_history_has_penalty(tmp_path)
@@ -479,19 +484,16 @@ def test_non_filter_groups_are_rejected(scorer) -> None:
 
 def test_regulariser_rejects_bad_arguments(tmp_path: Path) -> None:
     heads = GroupSet(tiny_bert(), kinds=("head",))
+    with pytest.raises(PlpruneError, match="scorer 'dpfps' scores filter groups only, not head"):
+        PruningCallback(heads, DPFPSScorer(), OneShot(1, 0.5))
     head_pruning = PruningCallback(heads, RandomScorer(), OneShot(1, 0.5))
     with pytest.raises(PlpruneError, match="allowed kinds: filter"):
-        DPFPSRegulariser(heads, head_pruning)
-    groups = GroupSet(tiny_vgg(), kinds=("filter",))
-    pruning = PruningCallback(groups, DPFPSScorer(), OneShot(1, 0.5))
+        DPFPSRegulariser().bind(head_pruning.pruner)
     for strength in (-1e-4, float("nan"), float("inf"), "0.1", True):
         with pytest.raises(PlpruneError, match="strength must be a finite number >= 0"):
-            DPFPSRegulariser(groups, pruning, strength=strength)  # type: ignore[arg-type]
-    other = GroupSet(tiny_vgg(), kinds=("filter",))
-    with pytest.raises(PlpruneError, match="same GroupSet"):
-        DPFPSRegulariser(other, pruning)
-    with pytest.raises(PlpruneError, match="PruningCallback"):
-        DPFPSRegulariser(groups, RandomScorer())  # type: ignore[arg-type]
+            DPFPSRegulariser(strength=strength)  # type: ignore[arg-type]
+        with pytest.raises(PlpruneError, match="strength must be a finite number >= 0"):
+            DPFPSScorer(strength=strength)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from plprune.gating import GatingNetwork, normalise_features
 from plprune.models.filters import GatedConvBN
 from plprune.models.resnet import ResNet
 from plprune.models.vgg import VGG
-from tiny_models import gate_site
+from plprune.sites import ConvMember, FilterSite
 
 WIDTHS_0625 = [4, 4, 8, 8, 16, 16, 16, 32, 32, 32, 32, 32, 32]  # VGG-16 at width 1/16
 
@@ -71,7 +71,7 @@ def _zero_filter_by_hand(model: nn.Module, site_name: str, channel: int) -> None
 def test_gate_zero_equals_zeroed_filter_and_hard_mask(key: str, mode: str) -> None:
     gated, x = _model_and_input(key)
     by_hand, masked, unpruned = copy.deepcopy(gated), copy.deepcopy(gated), copy.deepcopy(gated)
-    groups = GroupSet(gated, kinds=("filter",))
+    groups = GroupSet(gated, kinds=("filter",), example_inputs=x)
     chosen = [1, len(groups) // 2, len(groups) - 2]  # groups in the first, a middle and the last site
     gates = torch.ones(len(groups))
     gates[chosen] = 0.0
@@ -82,7 +82,7 @@ def test_gate_zero_equals_zeroed_filter_and_hard_mask(key: str, mode: str) -> No
         _zero_filter_by_hand(by_hand, site_name, group.index)
     keep = torch.ones(len(groups), dtype=torch.bool)
     keep[chosen] = False
-    GroupSet(masked, kinds=("filter",)).apply_mask(keep)
+    GroupSet(masked, kinds=("filter",), example_inputs=x).apply_mask(keep)
     for model in (gated, by_hand, masked, unpruned):
         model.train(mode == "train")
     out = gated(x)
@@ -94,7 +94,7 @@ def test_gate_zero_equals_zeroed_filter_and_hard_mask(key: str, mode: str) -> No
 @pytest.mark.parametrize("key", ["vgg-2d", "resnet-1d"])
 def test_all_ones_gates_are_exactly_the_ungated_model(key: str) -> None:
     model, x = _model_and_input(key)
-    groups = GroupSet(model, kinds=("filter",))
+    groups = GroupSet(model, kinds=("filter",), example_inputs=x)
     for mode in (True, False):
         model.train(mode)
         reference = model(x)
@@ -104,7 +104,7 @@ def test_all_ones_gates_are_exactly_the_ungated_model(key: str) -> None:
 
 def test_groupset_discovers_every_vgg_conv_filter() -> None:
     model = vgg_1d()
-    groups = GroupSet(model, kinds=("filter",))
+    groups = GroupSet(model, kinds=("filter",), example_inputs=torch.zeros(2, 1, 40))
     assert len(groups.sites) == 13 and len(groups) == sum(WIDTHS_0625)
     assert [site.num_groups for site in groups.sites] == WIDTHS_0625
     assert groups.layer_ids.tolist() == [i for i, w in enumerate(WIDTHS_0625) for _ in range(w)]
@@ -122,7 +122,7 @@ def test_groupset_discovers_every_vgg_conv_filter() -> None:
 
 def test_groupset_discovers_only_the_inner_resnet_convs() -> None:
     model = ResNet(depth=20, width_multiplier=0.25, in_channels=1, dims=1)  # widths 4, 8, 16
-    groups = GroupSet(model, kinds=("filter",))
+    groups = GroupSet(model, kinds=("filter",), example_inputs=torch.zeros(2, 1, 40))
     assert [site.num_groups for site in groups.sites] == [4] * 3 + [8] * 3 + [16] * 3
     assert [site.module_name for site in groups.sites] == [f"blocks.{i}.conv1" for i in range(9)]
     assert len(groups) == 84
@@ -134,7 +134,8 @@ def test_groupset_discovers_only_the_inner_resnet_convs() -> None:
     tied = [n for n in dict(model.named_parameters()) if "conv2" in n or n.startswith("stem")]
     assert tied and not set(tied) & set(groups.param_names)
     assert ResNet(depth=56, width_multiplier=0.0625).blocks_per_stage == 9
-    assert len(GroupSet(ResNet(depth=56, width_multiplier=0.0625), kinds=("filter",)).sites) == 27
+    resnet56 = ResNet(depth=56, width_multiplier=0.0625)
+    assert len(GroupSet(resnet56, kinds=("filter",), example_inputs=torch.zeros(2, 3, 8, 8)).sites) == 27
 
 
 @pytest.mark.parametrize("key", ["vgg-2d", "resnet-1d"])
@@ -142,7 +143,7 @@ def test_hard_masked_filters_stay_zero_through_sgd_momentum(key: str) -> None:
     model, _ = _model_and_input(key)
     shape = MODELS[key][1]
     model.train()
-    groups = GroupSet(model, kinds=("filter",))
+    groups = GroupSet(model, kinds=("filter",), example_inputs=torch.zeros(shape))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     gen = torch.Generator().manual_seed(0)
     labels = torch.randint(0, model.num_classes, (shape[0],), generator=gen)
@@ -174,7 +175,7 @@ def test_hard_masked_filters_stay_zero_through_sgd_momentum(key: str) -> None:
 
 
 def test_protection_keeps_a_filter_in_every_layer() -> None:
-    groups = GroupSet(resnet_1d(), kinds=("filter",))
+    groups = GroupSet(resnet_1d(), kinds=("filter",), example_inputs=torch.zeros(2, 1, 40))
     keep = torch.ones(len(groups), dtype=torch.bool)
     keep[groups.layer_ids == 3] = False  # every filter of block 3
     with pytest.raises(PlpruneError, match="remove every filter of layer 3"):
@@ -193,7 +194,7 @@ def _per_sample_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch
 @pytest.mark.parametrize("key", ["vgg-1d", "resnet-2d"])
 def test_features_and_gating_network_run_on_filter_groups(key: str) -> None:
     model, x = _model_and_input(key)
-    groups = GroupSet(model, kinds=("filter",))
+    groups = GroupSet(model, kinds=("filter",), example_inputs=x)
     keep = torch.ones(len(groups), dtype=torch.bool)
     keep[3] = False
     groups.apply_mask(keep)
@@ -212,6 +213,13 @@ def test_features_and_gating_network_run_on_filter_groups(key: str) -> None:
     torch.testing.assert_close(gates.sum(), torch.tensor(float(len(groups)), dtype=torch.float64))
 
 
+def _block_site(block: GatedConvBN) -> FilterSite:
+    """The filter site of a lone block, given explicitly: discovery skips channels that are the model's
+    output, and here the block is the whole model."""
+    site = FilterSite("", block, 0, [ConvMember("conv", block.conv, "bn", block.bn)])
+    return GroupSet(block, kinds=("filter",), sites=[site]).sites[0]
+
+
 def test_hessian_vector_product_through_a_gated_block_is_exact_to_third_order() -> None:
     """Gradcheck of ∂/∂g [vᵀ H v] through conv → BN (training mode) → gate → ReLU, float64."""
     torch.manual_seed(0)
@@ -221,7 +229,7 @@ def test_hessian_vector_product_through_a_gated_block_is_exact_to_third_order() 
     weight = block.conv.weight
     probe = torch.randn_like(weight)
 
-    site = gate_site(block, "filter", 0, example_inputs=x)
+    site = _block_site(block)
 
     def fn(gate: torch.Tensor) -> torch.Tensor:
         site.set_gate(gate)
@@ -235,7 +243,7 @@ def test_hessian_vector_product_through_a_gated_block_is_exact_to_third_order() 
 
 
 def test_gate_shape_is_validated() -> None:
-    site = gate_site(GatedConvBN(2, 3, dims=2), "filter", 0, example_inputs=torch.randn(2, 2, 4, 4))
+    site = _block_site(GatedConvBN(2, 3, dims=2))
     with pytest.raises(PlpruneError, match=r"filter gate of .* must have shape \(3,\)"):
         site.set_gate(torch.ones(4))
     with pytest.raises(PlpruneError, match="Tensor or None"):

@@ -12,12 +12,13 @@ from plprune.data.images import ClassificationData
 from plprune.gates import GroupSet
 from plprune.models.resnet import ResNet
 from plprune.models.vgg import VGG
-from plprune.pruners.base import Diagnostics, PruneContext, PruningCallback
+from plprune.pruners.base import Diagnostics, PruneContext
 from plprune.pruners.pl import PLConfig, PLScorer
 from plprune.schedules import Linear
 from plprune.tasks.classification import ClassificationTask
 from plprune.train.config import TrainConfig
 from plprune.train.loop import Trainer
+from plprune.train.pruning import PruningCallback
 
 
 def toy_task(batch_size: int = 8) -> ClassificationTask:
@@ -31,7 +32,7 @@ def toy_task(batch_size: int = 8) -> ClassificationTask:
 def test_pl_scorer_trains_gates_on_filter_groups() -> None:
     torch.manual_seed(0)
     model = VGG(width_multiplier=0.0625, in_channels=1, num_classes=3, dims=1)
-    groups = GroupSet(model, kinds=("filter",))
+    groups = GroupSet(model, kinds=("filter",), example_inputs=torch.zeros(2, 1, 16))
     scorer = PLScorer(PLConfig(gate_steps=2, feature_samples=4))
     context = PruneContext(groups, toy_task(), step=0, ratio=0.5, event_index=0, seed=0)
     scores = scorer.scores(context)
@@ -45,7 +46,7 @@ def test_linear_pl_filter_pruning_inside_the_training_loop(tmp_path: Path) -> No
     torch.manual_seed(0)
     model = ResNet(depth=8, width_multiplier=0.5, in_channels=1, num_classes=3, dims=1)  # 8+16+32 filters
     task = toy_task()
-    groups = GroupSet(model, kinds=("filter",))
+    groups = GroupSet(model, kinds=("filter",), example_inputs=task.train_batch(0)[0])
     callback = PruningCallback(
         groups,
         PLScorer(PLConfig(gate_steps=2, feature_samples=4)),

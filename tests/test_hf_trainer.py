@@ -92,5 +92,5 @@ def test_missing_pruner_state_on_resume_is_a_clear_error(tmp_path: Path) -> None
     trainer.train()
     (tmp_path / "run" / "checkpoint-4" / "plprune_pruner.pt").unlink()
     resumed_trainer, _ = build(tmp_path / "run")
-    with pytest.raises(plprune.PlpruneError, match="plprune_pruner.pt is missing"):
+    with pytest.raises(plprune.PlpruneError, match=r"plprune_pruner\.pt is missing"):
         resumed_trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-4"))

@@ -1,25 +1,26 @@
-"""Conv filters as prunable groups (paper Sec. 3.2.1: "filters" of CNNs, Tables 3 and 5).
+"""Conv building blocks of plprune's CNNs (paper Sec. 3.2.1: "filters" of CNNs, Tables 3 and 5).
 
-:class:`GatedConvBN` is one gate site of kind ``"filter"``: ``conv (no bias) → BatchNorm → gate → ReLU``.
-Output channel c is one group ``w_[c]`` = conv ``weight[c]`` (all its input channels and taps),
-BN ``weight[c]`` and BN ``bias[c]``. The gate multiplies channel c **after BatchNorm and before the
-ReLU**: a gate placed before BN would be divided out again by the batch statistics (BN is invariant to a
-per-channel scale of its input in training mode), so only a post-BN gate actually scales the channel
-(Eq. 6, ``g ⊙ w``: scaling BN's γ_c and β_c by g_c is exactly this).
+:class:`GatedConvBN` is ``conv (no bias) → BatchNorm → ReLU``; it carries no pruning code. Its output
+channels are found as conv filters by :mod:`plprune.sites` (``GroupSet(model, kinds=("filter",),
+example_inputs=x)``, through a dependency graph of the model, :mod:`plprune.sites.filter_discovery`):
+output channel c is one group ``w_[c]`` = conv ``weight[c]`` (all its input channels and taps), BN
+``weight[c]`` and BN ``bias[c]``, and its gate is applied by a forward hook on the BN output, **after
+BatchNorm and before the ReLU**: a gate placed before BN would be divided out again by the batch
+statistics (BN is invariant to a per-channel scale of its input in training mode), so only a post-BN gate
+actually scales the channel (Eq. 6, ``g ⊙ w``: scaling BN's γ_c and β_c by g_c is exactly this).
 
 Hard pruning zeroes the whole group; then the conv output of channel c is 0 and BN gives
 ``0 · γ_c + β_c = 0`` (training mode: (0 − 0)/√(0 + eps)·0 + 0; eval mode: anything·0 + 0), the same
 channel as gate 0 — so a hard mask and a zero gate give identical networks (tested in train and eval).
 
-:class:`ConvBN` is the same block without a gate (ResNet's stem and residual-tied convs). Every layer
-uses our :class:`~plprune.models.layers.BatchNorm` (exact third derivatives). Gate-site protocol: see
-the "protocol of non-head sites" comment in :func:`plprune.groups.iter_gate_sites`.
+:class:`ConvBN` is the same block with an optional ReLU (ResNet's stem and residual-tied convs, whose
+channels the discovery leaves alone; see :mod:`plprune.models.resnet`). Every layer uses our
+:class:`~plprune.models.layers.BatchNorm` (exact third derivatives).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -27,9 +28,6 @@ from torch import Tensor, nn
 from plprune.errors import PlpruneError
 from plprune.models.layers import BatchNorm
 from plprune.validation import check_positive_int
-
-if TYPE_CHECKING:  # plprune.groups imports plprune.models; imported lazily at run time (no cycle)
-    pass
 
 __all__ = [
     "CONV_DIMS",
@@ -100,7 +98,7 @@ def check_input_shape(x: Tensor, in_channels: int, dims: int, model: str) -> Non
 
 
 class ConvBN(nn.Module):
-    """``conv → BatchNorm [→ ReLU]`` without a gate (not a prunable site)."""
+    """``conv → BatchNorm [→ ReLU]`` (the ReLU optional, e.g. before a residual sum)."""
 
     def __init__(
         self, in_channels: int, out_channels: int, dims: int = 2, stride: int = 1, relu: bool = True
@@ -117,12 +115,9 @@ class ConvBN(nn.Module):
 
 
 class GatedConvBN(nn.Module):
-    """``conv → BatchNorm → per-filter gate → ReLU``: a gate site of kind ``"filter"`` (module docstring).
-
-    ``set_group_gate(g)`` with ``g`` of shape ``(out_channels,)`` multiplies output channel c by
-    ``g[c]`` after BN; ``None`` (default) is the ungated block, and all-ones gates give bit-identical
-    outputs.
-    """
+    """``conv → BatchNorm → ReLU`` whose filters plprune prunes (module docstring): the filter site found
+    for it gates channel c of the BN output (a forward hook) before the ReLU; with no gate (or all-ones
+    gates) the block computes exactly ``relu(bn(conv(x)))``."""
 
     def __init__(self, in_channels: int, out_channels: int, dims: int = 2, stride: int = 1) -> None:
         super().__init__()

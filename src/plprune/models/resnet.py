@@ -8,14 +8,16 @@ channels where the block changes shape (no parameters). ``dims=1`` builds the 1-
 sequences ``(N, C, L)`` (MNIST-1D), ``dims=2`` the usual image network. Every norm is our
 :class:`~plprune.models.layers.BatchNorm` (exact third derivatives).
 
-**Which filters are prunable.** Only the *first (inner) conv of each basic block* is a gate site
-(:class:`~plprune.models.filters.GatedConvBN`): its output channels feed only the block's second conv,
-so removing filter c (its conv weight[c], BN γ_c, β_c) is well-defined and removes a whole input
-channel of the second conv. The stem and every block's second conv are plain conv + BN
-(:class:`~plprune.models.filters.ConvBN`): their channels are tied across the stage by the residual
-sums (channel c of every block output is ``x_c + F(x)_c``), so one of their filters cannot be removed
-without removing the same channel in every block of the stage — a coupled group we do not model. This
-is the common choice for CIFAR ResNets (e.g. Li et al. 2017, "Pruning Filters for Efficient ConvNets").
+**Which filters are prunable.** The model carries no pruning code; :mod:`plprune.sites` finds its filters
+through a dependency graph (:mod:`plprune.sites.filter_discovery`). They are the *first (inner) conv of
+each basic block* (a :class:`~plprune.models.filters.GatedConvBN`): its output channels feed only the
+block's second conv, so removing filter c (its conv weight[c], BN γ_c, β_c) is well-defined and removes a
+whole input channel of the second conv. The stem and every block's second conv
+(:class:`~plprune.models.filters.ConvBN`) are tied by the residual sums (channel c of every block output is
+``x_c + F(x)_c``), across stages too through the option-A shortcut; Torch-Pruning reads that shortcut's
+``F.pad`` as the identity on channels (and, for ``dims=1``, its stride slice as a channel slice), so the
+discovery rejects those groups and leaves the stem and second convs unpruned. This is the common choice
+for CIFAR ResNets (e.g. Li et al. 2017, "Pruning Filters for Efficient ConvNets").
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ STAGE_WIDTHS = (16, 32, 64)
 
 
 class BasicBlock(nn.Module):
-    """``relu(shortcut(x) + bn(conv2(relu(gate ⊙ bn(conv1(x))))))``: ``conv1`` (a GatedConvBN) holds the
-    block's prunable filters, ``conv2`` (a ConvBN without ReLU) is tied to the residual sum."""
+    """``relu(shortcut(x) + bn(conv2(relu(bn(conv1(x))))))``: ``conv1`` (a GatedConvBN) holds the
+    block's prunable filters (gated after its BN), ``conv2`` (a ConvBN without ReLU) is tied to the
+    residual sum."""
 
     def __init__(self, in_channels: int, out_channels: int, dims: int, stride: int = 1) -> None:
         super().__init__()

@@ -1,10 +1,10 @@
 """CIFAR-style VGG-16 with BatchNorm (Simonyan & Zisserman, 2015), every conv's filters prunable
 (paper Table 3: VGG-16 on CIFAR-10/100, linear filter-pruning schedule from epoch 15).
 
-Layout: 13 × ``GatedConvBN`` (3-tap or 3×3 conv, BN, per-filter gate, ReLU; see
-:mod:`plprune.models.filters`) with 5 max-pools (``VGG16_CFG``), then global average pooling and one
-linear classifier. ``dims=1`` builds Conv1d/MaxPool1d for sequences ``(N, C, L)`` (MNIST-1D),
-``dims=2`` Conv2d/MaxPool2d for images ``(N, C, H, W)``.
+Layout: 13 × ``GatedConvBN`` (3-tap or 3×3 conv, BN, ReLU; see :mod:`plprune.models.filters`; each is
+one filter site, gated after its BN by :mod:`plprune.sites`) with 5 max-pools (``VGG16_CFG``), then
+global average pooling and one linear classifier. ``dims=1`` builds Conv1d/MaxPool1d for sequences
+``(N, C, L)`` (MNIST-1D), ``dims=2`` Conv2d/MaxPool2d for images ``(N, C, H, W)``.
 
 **Pool rule for short inputs.** A max-pool (kernel 2, stride 2) is applied only if every spatial
 dimension of its input is ≥ 2; otherwise it is skipped (the identity), because it would reduce a

@@ -4,16 +4,19 @@ Imported by :mod:`plprune.sites` so that discovery knows them; a user's own fami
 :func:`~plprune.sites.heads.register_attention` / :func:`~plprune.sites.experts.register_moe`.
 Hugging Face models are matched by the attributes their modules have (no ``transformers`` import), so
 every family copied from BERT (RoBERTa, ELECTRA, ...) or using ``q_proj/k_proj/v_proj/o_proj`` (ViT, ...)
-is found.
+is found. MoE: Hugging Face SwitchTransformers (one module per expert, ``router.classifier``) and the
+Mixtral family (fused ``gate_up_proj``/``down_proj`` experts, a top-k router returning
+``(logits, scores, indices)``; :class:`~plprune.sites.experts.FusedMoEAdapter`).
 """
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from plprune.models.bert import MultiHeadSelfAttention
 from plprune.models.switch import SwitchFeedForward
-from plprune.sites.experts import MoEAdapter, register_moe
+from plprune.sites.experts import FusedMoEAdapter, MoEAdapter, register_moe
 from plprune.sites.heads import AttentionAdapter, register_attention
 
 
@@ -64,6 +67,26 @@ def _is_hf_switch_moe(module: nn.Module) -> bool:
     )
 
 
+def _is_fused_topk_moe(module: nn.Module) -> bool:
+    experts, router = getattr(module, "experts", None), getattr(module, "gate", None)
+    return (
+        isinstance(getattr(experts, "gate_up_proj", None), nn.Parameter)
+        and isinstance(getattr(experts, "down_proj", None), nn.Parameter)
+        and isinstance(getattr(router, "weight", None), nn.Parameter)
+        and isinstance(getattr(router, "top_k", None), int)
+    )
+
+
+def _topk_reroute(router: nn.Module, logits: Tensor, output: tuple) -> tuple:
+    """A Mixtral-style router's (logits, scores, indices) from masked logits: softmax in float32, top-k,
+    scores renormalised to sum 1 (unless the router says ``norm_topk_prob = False``)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    scores, indices = torch.topk(probs, router.top_k, dim=-1)
+    if getattr(router, "norm_topk_prob", True):
+        scores = scores / scores.sum(dim=-1, keepdim=True)
+    return (logits, scores.to(output[1].dtype), indices)
+
+
 def _switch_hard_mask(module: nn.Module, keep: object) -> None:
     module.set_hard_mask(keep)
 
@@ -107,6 +130,17 @@ register_moe(
         matches=_is_hf_switch_moe,
         experts=_hf_switch_experts,
         router="router.classifier",
+    )
+)
+register_moe(
+    FusedMoEAdapter(
+        name="hf-mixtral",
+        matches=_is_fused_topk_moe,
+        experts="experts",
+        params=("gate_up_proj", "down_proj"),
+        router="gate",
+        num_experts=lambda m: m.experts.gate_up_proj.shape[0],
+        reroute=_topk_reroute,
     )
 )
 register_moe(

@@ -31,9 +31,20 @@ class ConvMember:
 
 
 class FilterSite(GateSite):
-    """Output channels of one conv (or of several convs coupled by residual additions)."""
+    """Output channels of one conv (or of several convs coupled by residual additions).
 
-    def __init__(self, module_name: str, module: nn.Module, layer: int, members: list[ConvMember]) -> None:
+    ``feature_module``: the module whose output is the site's feature maps ``(N, C, *spatial)`` (CHIP
+    scores them); default the first member's norm (its gated output), else its conv.
+    """
+
+    def __init__(
+        self,
+        module_name: str,
+        module: nn.Module,
+        layer: int,
+        members: list[ConvMember],
+        feature_module: nn.Module | None = None,
+    ) -> None:
         if not members:
             raise PlpruneError(f"{module_name}: a filter site needs at least one conv layer")
         channels = {_out_channels(m.conv) for m in members}
@@ -43,11 +54,18 @@ class FilterSite(GateSite):
             )
         super().__init__(module_name, module, "filter", layer, channels.pop())
         self.members = list(members)
+        first = self.members[0]
+        self.feature_module = feature_module or (first.norm if first.norm is not None else first.conv)
 
     @property
     def norm_weight_names(self) -> list[str]:
         """The BatchNorm scale parameters (γ) of the members, by name (DPFPS ranks these)."""
         return [f"{m.norm_name}.weight" for m in self.members if m.norm is not None]
+
+    @property
+    def norm_weights(self) -> list[Tensor | None]:
+        """The members' norm scales γ in member order (``None`` for a member without a norm)."""
+        return [getattr(m.norm, "weight", None) if m.norm is not None else None for m in self.members]
 
     def groups(self) -> list[Group]:
         out = []

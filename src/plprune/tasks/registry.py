@@ -57,7 +57,7 @@ def bert_config_for(config: RunConfig, vocab_size: int) -> BertConfig:
 
 
 def _build_mlm(
-    config: RunConfig, run_dir: Path, corpus: CorpusText, switch: bool = False
+    config: RunConfig, run_dir: Path, corpus: CorpusText, switch: bool = False, hf: bool = False
 ) -> tuple[nn.Module, Task]:
     tokenizer = build_or_load_tokenizer(
         Path(run_dir) / TOKENIZER_FILE,
@@ -80,6 +80,10 @@ def _build_mlm(
             expert_ffn_size=m.expert_ffn,
         )
         model: nn.Module = SwitchForMaskedLM(bert_config, switch_config)
+    elif hf:
+        from plprune.models.hf_bert import HfBertForMaskedLM  # imports transformers
+
+        model = HfBertForMaskedLM(bert_config)
     else:
         model = BertForMaskedLM(bert_config)
     task = MlmTask(data, config.train.batch_size, config.train.seed, config.train.eval_batches)
@@ -94,6 +98,17 @@ def build_bert_wikitext2(config: RunConfig, run_dir: Path) -> tuple[nn.Module, T
 def build_bert_pydoc(config: RunConfig, run_dir: Path) -> tuple[nn.Module, Task]:
     """BERT MLM on CPython's bundled pydoc help text (no download; used by ``plprune demo``)."""
     return _build_mlm(config, run_dir, pydoc_corpus())
+
+
+def build_hf_bert_wikitext2(config: RunConfig, run_dir: Path) -> tuple[nn.Module, Task]:
+    """Hugging Face ``transformers.BertForMaskedLM`` (eager attention, sizes from the run config) as MLM on
+    WikiText-2; its heads are found by the ``hf-bert`` adapter (needs ``transformers``)."""
+    return _build_mlm(config, run_dir, _wikitext_corpus(config), hf=True)
+
+
+def build_hf_bert_pydoc(config: RunConfig, run_dir: Path) -> tuple[nn.Module, Task]:
+    """Hugging Face BERT MLM on the offline pydoc corpus (demo-sized runs)."""
+    return _build_mlm(config, run_dir, pydoc_corpus(), hf=True)
 
 
 def build_switch_wikitext2(config: RunConfig, run_dir: Path) -> tuple[nn.Module, Task]:
@@ -142,6 +157,8 @@ TASKS: dict[str, Callable[[RunConfig, Path], tuple[nn.Module, Task]]] = {
     "vgg-mnist1d": build_vgg_mnist1d,
     "resnet-mnist1d": build_resnet_mnist1d,
     "vgg-digits": build_vgg_digits,
+    "hf-bert-wikitext2": build_hf_bert_wikitext2,
+    "hf-bert-pydoc": build_hf_bert_pydoc,
 }
 
 # the groups a task prunes when the config names none (paper: heads for BERT, experts for Switch)
@@ -153,6 +170,8 @@ DEFAULT_KINDS: dict[str, tuple[str, ...]] = {
     "vgg-mnist1d": ("filter",),
     "resnet-mnist1d": ("filter",),
     "vgg-digits": ("filter",),
+    "hf-bert-wikitext2": ("head",),
+    "hf-bert-pydoc": ("head",),
 }
 
 _CNN_TRAIN = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "grad_clip": 0.0, "batch_size": 32}

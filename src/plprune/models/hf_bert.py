@@ -1,0 +1,194 @@
+"""A Hugging Face ``transformers.BertForMaskedLM`` behind plprune's masked-LM interface.
+
+:class:`HfBertForMaskedLM` holds the Hugging Face model as ``self.hf`` and answers what
+:class:`~plprune.tasks.mlm.MlmTask` and the pruners call on plprune's own
+:class:`~plprune.models.bert.BertForMaskedLM`: ``model(input_ids, labels)`` → ``.loss``/``.logits``
+(logits at the masked positions only, unless ``logits_at="all"``), ``per_sample_loss`` and
+``per_sample_true_logit``. Its heads are found by the ``hf-bert`` attention adapter
+(:mod:`plprune.sites.builtin`) inside ``self.hf``; plprune's code never reaches into the model beyond
+that. :func:`copy_plprune_bert_weights` loads the weights of a plprune BERT into a Hugging Face one of the
+same shape (the two then compute the same function; tests/test_hf_models.py).
+
+``transformers`` is imported only when a model is built here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from plprune.errors import PlpruneError
+from plprune.models.bert import IGNORE_INDEX, BertConfig, BertForMaskedLM, MaskedLMOutput
+
+__all__ = ["HfBertForMaskedLM", "copy_plprune_bert_weights", "hf_bert_config"]
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise PlpruneError(
+            "Hugging Face models need the transformers package: pip install 'plprune[hf]'"
+        ) from error
+    return transformers
+
+
+def hf_bert_config(config: BertConfig) -> Any:
+    """The ``transformers.BertConfig`` of the same shape as plprune's ``config``: GELU, one token type,
+    the same LayerNorm eps and initialiser range, eager attention (exact higher derivatives)."""
+    if config.pre_layer_norm:
+        raise PlpruneError("Hugging Face BERT is post-LN; a pre-LN plprune config has no HF counterpart")
+    return _transformers().BertConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.ffn_size,
+        hidden_act="gelu",
+        hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.attention_dropout,
+        max_position_embeddings=config.max_length,
+        type_vocab_size=1,
+        layer_norm_eps=config.layer_norm_eps,
+        initializer_range=config.initializer_range,
+        pad_token_id=None,  # plprune's BERT has no padding row (its gradient would be dropped)
+        attn_implementation="eager",
+    )
+
+
+class HfBertForMaskedLM(nn.Module):
+    """``transformers.BertForMaskedLM`` (``self.hf``) with the interface of plprune's BERT (module
+    docstring). Build it from a plprune :class:`BertConfig` or wrap an existing Hugging Face model."""
+
+    def __init__(self, config: BertConfig | None = None, hf_model: nn.Module | None = None) -> None:
+        super().__init__()
+        if (config is None) == (hf_model is None):
+            raise PlpruneError("HfBertForMaskedLM takes either a plprune BertConfig or a Hugging Face model")
+        if hf_model is None:
+            hf_model = _transformers().BertForMaskedLM(hf_bert_config(config))
+        for attr in ("bert", "cls"):
+            if not hasattr(hf_model, attr):
+                raise PlpruneError(
+                    "expected a transformers BertForMaskedLM (with .bert and .cls), "
+                    f"got {type(hf_model).__name__}"
+                )
+        self.hf = hf_model
+        self.config = config
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Hidden states ``(B, T, hidden)`` after the encoder stack."""
+        if input_ids.dim() != 2:
+            raise PlpruneError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
+        return self.hf.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def lm_logits(self, hidden: Tensor) -> Tensor:
+        """Vocabulary logits for hidden states of any leading shape."""
+        return self.hf.cls(hidden)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        labels: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        logits_at: Literal["masked", "all"] = "masked",
+    ) -> MaskedLMOutput:
+        """As :meth:`plprune.models.bert.BertForMaskedLM.forward`: labels hold the original token at
+        masked positions and -100 elsewhere; logits only at masked positions by default."""
+        if logits_at not in ("masked", "all"):
+            raise PlpruneError(f"logits_at must be 'masked' or 'all', got {logits_at!r}")
+        hidden = self.encode(input_ids, attention_mask)
+        if labels is None:
+            return MaskedLMOutput(logits=self.lm_logits(hidden), loss=None)
+        if labels.shape != input_ids.shape:
+            raise PlpruneError(
+                f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}"
+            )
+        if logits_at == "masked":
+            selected = labels != IGNORE_INDEX
+            logits = self.lm_logits(hidden[selected])
+            loss = F.cross_entropy(logits, labels[selected]) if logits.shape[0] else logits.sum() * 0.0
+            return MaskedLMOutput(logits=logits, loss=loss)
+        logits = self.lm_logits(hidden)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        return MaskedLMOutput(logits=logits, loss=loss)
+
+    def per_sample_true_logit(
+        self, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Mean logit of the true token over each sample's masked positions, shape ``(B,)``."""
+        logits = self.lm_logits(self.encode(input_ids, attention_mask))
+        selected = (labels != IGNORE_INDEX).to(logits.dtype)
+        true_logit = logits.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        return (true_logit * selected).sum(dim=1) / selected.sum(dim=1).clamp_min(1.0)
+
+    def per_sample_loss(
+        self, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Mean masked-token cross-entropy of each sample, shape ``(B,)`` (0 with no masked token)."""
+        logits = self.lm_logits(self.encode(input_ids, attention_mask))
+        selected = (labels != IGNORE_INDEX).to(logits.dtype)
+        token_loss = F.cross_entropy(logits.transpose(1, 2), labels.clamp_min(0), reduction="none")
+        return (token_loss * selected).sum(dim=1) / selected.sum(dim=1).clamp_min(1.0)
+
+
+def _plprune_to_hf_names(config: BertConfig) -> dict[str, str]:
+    names = {
+        "token_embedding.weight": "bert.embeddings.word_embeddings.weight",
+        "position_embedding.weight": "bert.embeddings.position_embeddings.weight",
+        "head_transform.weight": "cls.predictions.transform.dense.weight",
+        "head_transform.bias": "cls.predictions.transform.dense.bias",
+        "decoder_bias": "cls.predictions.bias",
+    }
+    modules = {
+        "embedding_norm": "bert.embeddings.LayerNorm",
+        "head_norm": "cls.predictions.transform.LayerNorm",
+    }
+    for i in range(config.num_layers):
+        ours, theirs = f"layers.{i}", f"bert.encoder.layer.{i}"
+        modules.update(
+            {
+                f"{ours}.attention.query": f"{theirs}.attention.self.query",
+                f"{ours}.attention.key": f"{theirs}.attention.self.key",
+                f"{ours}.attention.value": f"{theirs}.attention.self.value",
+                f"{ours}.attention.output": f"{theirs}.attention.output.dense",
+                f"{ours}.attention_norm": f"{theirs}.attention.output.LayerNorm",
+                f"{ours}.feed_forward.intermediate": f"{theirs}.intermediate.dense",
+                f"{ours}.feed_forward.output": f"{theirs}.output.dense",
+                f"{ours}.ffn_norm": f"{theirs}.output.LayerNorm",
+            }
+        )
+    for ours, theirs in modules.items():
+        names[f"{ours}.weight"] = f"{theirs}.weight"
+        names[f"{ours}.bias"] = f"{theirs}.bias"
+    return names
+
+
+@torch.no_grad()
+def copy_plprune_bert_weights(source: BertForMaskedLM, target: nn.Module) -> None:
+    """Copy a plprune (post-LN) :class:`BertForMaskedLM`'s weights into a ``transformers.BertForMaskedLM``
+    (or :class:`HfBertForMaskedLM`) of the same shape; token-type embeddings are set to 0. The Hugging
+    Face decoder is tied to the word embeddings (and its bias to ``cls.predictions.bias``), as plprune's."""
+    if isinstance(target, HfBertForMaskedLM):
+        target = target.hf
+    if source.config.pre_layer_norm:
+        raise PlpruneError("only a post-LN plprune BERT has a Hugging Face counterpart")
+    ours = dict(source.named_parameters())
+    theirs = dict(target.named_parameters())
+    for name, hf_name in _plprune_to_hf_names(source.config).items():
+        if hf_name not in theirs:
+            raise PlpruneError(f"the Hugging Face model has no parameter {hf_name} (for plprune's {name})")
+        if theirs[hf_name].shape != ours[name].shape:
+            raise PlpruneError(
+                f"shape mismatch: plprune {name} {tuple(ours[name].shape)} vs Hugging Face {hf_name} "
+                f"{tuple(theirs[hf_name].shape)}"
+            )
+        theirs[hf_name].copy_(ours[name])
+    theirs["bert.embeddings.token_type_embeddings.weight"].zero_()
+    decoder = target.cls.predictions.decoder
+    if decoder.weight is not target.bert.embeddings.word_embeddings.weight:
+        decoder.weight.copy_(ours["token_embedding.weight"])
+    if decoder.bias is not None and decoder.bias is not target.cls.predictions.bias:
+        decoder.bias.copy_(ours["decoder_bias"])
