@@ -32,3 +32,35 @@ def test_own_loop_example_prunes_three_quarters_of_the_heads_and_keeps_them_zero
         for piece in pruner.groups.groups[index].slices:  # 50 AdamW steps after the event
             assert torch.count_nonzero(piece.select(params[piece.param_name])) == 0
     assert "tensor(" in capsys.readouterr().out
+
+
+def test_own_cnn_example_prunes_coupled_residual_channels_together_and_keeps_them_zero(capsys) -> None:
+    namespace: dict = {}
+    exec(compile(readme_block("own-cnn-example"), "README.md", "exec"), namespace)
+    pruner, model = namespace["pruner"], namespace["model"]
+    sites = {site.module_name: site for site in pruner.groups.sites}
+    assert len(sites) == 2 and pruner.events_done == 3
+    coupled = next(site for site in sites.values() if len(site.members) == 2)
+    assert {m.conv_name for m in coupled.members} == {"stem.0", "conv2"}  # the residual ties them
+    assert pruner.pruned_ratio("filter") == 0.5
+    params = dict(model.named_parameters())
+    for index in (~pruner.mask).nonzero().flatten().tolist():  # 40 AdamW steps after the last event
+        for piece in pruner.groups.groups[index].slices:
+            assert torch.count_nonzero(piece.select(params[piece.param_name])) == 0
+    # a pruned residual channel is exactly zero on both paths of the sum, so in the block's output too
+    start = sum(site.num_groups for site in pruner.groups.sites[: pruner.groups.sites.index(coupled)])
+    pruned = (~pruner.mask[start : start + coupled.num_groups]).nonzero().flatten()
+    assert len(pruned) == 8
+    outputs = {}
+    hooks = [
+        module.register_forward_hook(lambda m, a, out, key=key: outputs.__setitem__(key, out))
+        for key, module in (("stem", model.stem), ("bn2", model.bn2))
+    ]
+    with torch.no_grad():
+        model.eval()(namespace["images"][:4])
+    for hook in hooks:
+        hook.remove()
+    for key in ("stem", "bn2"):
+        assert torch.count_nonzero(outputs[key][:, pruned]) == 0, key
+        assert torch.count_nonzero(outputs[key]) > 0, key
+    assert "0.5" in capsys.readouterr().out
