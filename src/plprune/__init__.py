@@ -24,7 +24,14 @@ from plprune.pruner import Pruner
 from plprune.pruners.base import Diagnostics, GroupScorer, PruneContext, PrunerPlugin
 from plprune.pruners.registration import register_method
 from plprune.schedules import AtInit, Iterative, Linear, OneShot, Schedule
-from plprune.sites import AttentionAdapter, MoEAdapter, find_sites, register_attention, register_moe
+from plprune.sites import (
+    AttentionAdapter,
+    FusedMoEAdapter,
+    MoEAdapter,
+    find_sites,
+    register_attention,
+    register_moe,
+)
 from plprune.task import FunctionTask, Task
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "AttentionAdapter",
     "Diagnostics",
     "FunctionTask",
+    "FusedMoEAdapter",
     "GroupScorer",
     "GroupSet",
     "HFPruningCallback",

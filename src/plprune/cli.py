@@ -109,7 +109,8 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--task",
-        help="bert-wikitext2 (default), bert-pydoc, switch-wikitext2, switch-pydoc (MoE experts), "
+        help="bert-wikitext2 (default), bert-pydoc, hf-bert-wikitext2, hf-bert-pydoc (a Hugging Face "
+        "BertForMaskedLM of the same sizes), switch-wikitext2, switch-pydoc (MoE experts), "
         "vgg-mnist1d, resnet-mnist1d, vgg-digits (conv filters; offline data)",
     )
     parser.add_argument("--config", type=Path, help="TOML file with task and [data]/[model]/[train] tables")

@@ -289,11 +289,12 @@ def _data_note(config: dict[str, Any]) -> str:
     task = config["task"]
     if task.endswith("wikitext2"):
         return WIKITEXT_NOTE
-    return f"{task.split('-', 1)[1]} (generated or bundled, no download)"
+    return f"{task.rsplit('-', 1)[1]} (generated or bundled, no download)"
 
 
 _MODEL_FIELDS = {
     "bert": ("layers", "hidden", "heads", "ffn", "dropout", "pre_layer_norm"),
+    "hf-bert": ("layers", "hidden", "heads", "ffn", "dropout"),
     "switch": ("layers", "hidden", "heads", "ffn", "dropout", "experts", "expert_ffn", "capacity_factor"),
     "vgg": ("width_multiplier",),
     "resnet": ("width_multiplier", "depth"),
@@ -301,8 +302,9 @@ _MODEL_FIELDS = {
 
 
 def _model_note(config: dict[str, Any]) -> str:
-    family = config["task"].split("-", 1)[0]
-    fields = _MODEL_FIELDS.get(family, tuple(config["model"]))
+    family = config["task"].rsplit("-", 1)[0]  # e.g. "hf-bert" of "hf-bert-pydoc"
+    family = "Hugging Face BertForMaskedLM" if family == "hf-bert" else family
+    fields = _MODEL_FIELDS.get(config["task"].rsplit("-", 1)[0], tuple(config["model"]))
     return f"{family}, " + ", ".join(f"{k} {config['model'][k]}" for k in fields if k in config["model"])
 
 

@@ -80,6 +80,8 @@ SUITES: dict[str, Suite] = {
         (0,),
         (
             TaskPlan("bert-pydoc", _QUICK_MLM, TRANSFORMER_METHODS, times={"every": "40"}),
+            # the same BERT as a Hugging Face BertForMaskedLM: the library on a model it did not write
+            TaskPlan("hf-bert-pydoc", _QUICK_MLM, ("dense", "pl", "random"), times={"every": "40"}),
             TaskPlan(
                 "switch-pydoc",
                 deep_merge(_QUICK_MLM, {"model": {"experts": 4, "expert_ffn": 128}}),
@@ -109,6 +111,12 @@ SUITES: dict[str, Suite] = {
                 "bert-wikitext2",
                 _mlm_base(1200, 100, 240, 0.75),
                 TRANSFORMER_METHODS,
+                times={"every": "1e"},
+            ),
+            TaskPlan(
+                "hf-bert-wikitext2",
+                _mlm_base(1200, 100, 240, 0.75),
+                ("dense", "pl", "random"),
                 times={"every": "1e"},
             ),
             TaskPlan(

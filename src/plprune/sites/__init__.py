@@ -16,7 +16,14 @@ from torch import nn
 from plprune.errors import PlpruneError
 from plprune.groups import GateSite, check_kinds
 from plprune.sites import builtin as _builtin  # noqa: F401  (registers the built-in adapters)
-from plprune.sites.experts import ExpertSite, MoEAdapter, find_expert_sites, register_moe
+from plprune.sites.experts import (
+    ExpertSite,
+    FusedExpertSite,
+    FusedMoEAdapter,
+    MoEAdapter,
+    find_expert_sites,
+    register_moe,
+)
 from plprune.sites.filters import ConvMember, FilterSite
 from plprune.sites.heads import AttentionAdapter, HeadSite, find_head_sites, register_attention
 
@@ -25,6 +32,8 @@ __all__ = [
     "ConvMember",
     "ExpertSite",
     "FilterSite",
+    "FusedExpertSite",
+    "FusedMoEAdapter",
     "HeadSite",
     "MoEAdapter",
     "find_sites",
@@ -77,7 +86,7 @@ def find_sites(
         if not experts:
             raise PlpruneError(
                 f"{type(model).__name__} has no mixture-of-experts layer plprune can find; known families: "
-                "plprune's Switch, Hugging Face SwitchTransformers; add yours with "
+                "plprune's Switch, Hugging Face SwitchTransformers and Mixtral; add yours with "
                 "plprune.register_moe(plprune.MoEAdapter(name=..., matches=..., experts=..., router=...))"
             )
         sites.extend(experts)
