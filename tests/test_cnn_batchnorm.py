@@ -66,10 +66,12 @@ def test_third_derivative_is_exact_in_training_mode() -> None:
 
 def test_bad_inputs_are_rejected() -> None:
     norm = BatchNorm(3)
-    with pytest.raises(PlpruneError, match=r"expects input \(N, 3, L\)"):
+    with pytest.raises(PlpruneError, match=r"expects input \(N, 3\), \(N, 3, L\) or \(N, 3, H, W\)"):
         norm(torch.randn(2, 4, 5))
     with pytest.raises(PlpruneError, match=r"expects input"):
-        norm(torch.randn(2, 3))
+        norm(torch.randn(2, 3, 4, 4, 4))
+    with pytest.raises(PlpruneError, match="more than 1 value per channel"):
+        norm(torch.randn(1, 3))
     with pytest.raises(PlpruneError, match="more than 1 value per channel"):
         norm(torch.randn(1, 3, 1))
     with pytest.raises(PlpruneError, match="num_features"):

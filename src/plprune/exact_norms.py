@@ -35,8 +35,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from plprune.errors import PlpruneError
 from plprune.models.layers import BatchNorm, LayerNorm
@@ -72,8 +71,8 @@ def _share_state(new: nn.Module, old: nn.Module) -> None:
 class ExactLayerNorm(LayerNorm):
     """:class:`plprune.models.layers.LayerNorm` standing in for an ``nn.LayerNorm``, sharing its tensors.
 
-    Also covers what ``nn.LayerNorm`` allows beyond plprune's layer: a multi-dimensional
-    ``normalized_shape`` and no weight and/or bias.
+    Its forward (plprune's) also covers what ``nn.LayerNorm`` allows beyond plprune's own models: a
+    multi-dimensional ``normalized_shape`` and no weight and/or bias.
     """
 
     def __init__(self, source: nn.LayerNorm) -> None:
@@ -81,20 +80,6 @@ class ExactLayerNorm(LayerNorm):
         self.normalized_shape = tuple(source.normalized_shape)
         self.eps = source.eps
         _share_state(self, source)
-
-    def forward(self, x: Tensor) -> Tensor:
-        dims = tuple(range(-len(self.normalized_shape), 0))
-        if len(dims) == 1 and self.weight is not None and self.bias is not None:
-            return super().forward(x)  # the same ops, in the same order, as plprune's own models
-        mean = x.mean(dim=dims, keepdim=True)
-        centred = x - mean
-        variance = (centred * centred).mean(dim=dims, keepdim=True)
-        out = centred * torch.rsqrt(variance + self.eps)
-        if self.weight is not None:
-            out = out * self.weight
-        if self.bias is not None:
-            out = out + self.bias
-        return out
 
 
 class ExactBatchNorm(BatchNorm):
@@ -115,45 +100,6 @@ class ExactBatchNorm(BatchNorm):
         self.momentum = source.momentum
         self.track_running_stats = source.track_running_stats
         _share_state(self, source)
-
-    def _check_input(self, x: Tensor) -> None:
-        if x.dim() not in (2, 3, 4) or x.shape[1] != self.num_features:
-            raise PlpruneError(
-                f"BatchNorm({self.num_features}) expects input (N, {self.num_features}[, L | H, W]), "
-                f"got shape {tuple(x.shape)}"
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        self._check_input(x)
-        dims = [0, *range(2, x.dim())]
-        shape = (1, self.num_features) + (1,) * (x.dim() - 2)
-        use_batch = self.training or self.running_mean is None
-        if use_batch:
-            count = x.numel() // self.num_features
-            if count < 2 and self.training:
-                raise PlpruneError(
-                    f"BatchNorm in training mode needs more than 1 value per channel, got input shape "
-                    f"{tuple(x.shape)}; use a batch of at least 2 samples or call model.eval()"
-                )
-            mean = x.mean(dim=dims, keepdim=True)
-            centred = x - mean
-            variance = (centred * centred).mean(dim=dims, keepdim=True)
-            if self.training and self.running_mean is not None:
-                with torch.no_grad():
-                    self.num_batches_tracked.add_(1)
-                    factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                    unbiased = variance.detach().flatten() * (count / max(count - 1, 1))
-                    self.running_mean.mul_(1 - factor).add_(factor * mean.detach().flatten())
-                    self.running_var.mul_(1 - factor).add_(factor * unbiased)
-        else:
-            centred = x - self.running_mean.view(shape)
-            variance = self.running_var.view(shape)
-        out = centred * torch.rsqrt(variance + self.eps)
-        if self.weight is not None:
-            out = out * self.weight.view(shape)
-        if self.bias is not None:
-            out = out + self.bias.view(shape)
-        return out
 
 
 def _exact_replacement(module: nn.Module) -> nn.Module | None:

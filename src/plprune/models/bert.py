@@ -140,7 +140,67 @@ class TransformerLayer(nn.Module):
         return self.ffn_norm(hidden + self.dropout(self.feed_forward(hidden)))
 
 
-class BertForMaskedLM(nn.Module):
+class MaskedLMHead(nn.Module):
+    """The masked-LM interface every plprune task and pruner uses, built on two methods a subclass provides:
+    ``encode(input_ids, attention_mask) -> (B, T, hidden)`` and ``lm_logits(hidden) -> (..., V)``
+    (plprune's :class:`BertForMaskedLM`; :class:`plprune.models.hf_bert.HfBertForMaskedLM` for a Hugging Face
+    model)."""
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def lm_logits(self, hidden: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        labels: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        logits_at: Literal["masked", "all"] = "masked",
+    ) -> MaskedLMOutput:
+        """MLM forward pass. ``labels`` hold the original token at masked positions and -100 elsewhere."""
+        if logits_at not in ("masked", "all"):
+            raise PlpruneError(f"logits_at must be 'masked' or 'all', got {logits_at!r}")
+        hidden = self.encode(input_ids, attention_mask)
+        if labels is None:
+            return MaskedLMOutput(logits=self.lm_logits(hidden), loss=None)
+        if labels.shape != input_ids.shape:
+            raise PlpruneError(
+                f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}"
+            )
+        if logits_at == "masked":
+            selected = labels != IGNORE_INDEX
+            logits = self.lm_logits(hidden[selected])
+            loss = F.cross_entropy(logits, labels[selected]) if logits.shape[0] else logits.sum() * 0.0
+            return MaskedLMOutput(logits=logits, loss=loss)
+        logits = self.lm_logits(hidden)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        return MaskedLMOutput(logits=logits, loss=loss)
+
+    def per_sample_true_logit(
+        self, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Mean logit of the true token over each sample's masked positions, shape ``(B,)``; vmap-safe."""
+        logits = self.lm_logits(self.encode(input_ids, attention_mask))
+        selected = (labels != IGNORE_INDEX).to(logits.dtype)
+        true_logit = logits.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)  # (B, T)
+        return (true_logit * selected).sum(dim=1) / selected.sum(dim=1).clamp_min(1.0)
+
+    def per_sample_loss(
+        self, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Mean masked-token cross-entropy of each sample, shape ``(B,)``; fixed shapes, so vmap-safe.
+
+        A sample with no masked token contributes 0.
+        """
+        logits = self.lm_logits(self.encode(input_ids, attention_mask))
+        selected = (labels != IGNORE_INDEX).to(logits.dtype)
+        token_loss = F.cross_entropy(logits.transpose(1, 2), labels.clamp_min(0), reduction="none")  # (B, T)
+        return (token_loss * selected).sum(dim=1) / selected.sum(dim=1).clamp_min(1.0)
+
+
+class BertForMaskedLM(MaskedLMHead):
     """BERT encoder + MLM head (dense → GELU → LayerNorm → decoder tied to the token embedding)."""
 
     def __init__(
@@ -199,50 +259,3 @@ class BertForMaskedLM(nn.Module):
         """Vocabulary logits for hidden states of any leading shape."""
         transformed = self.head_norm(F.gelu(self.head_transform(hidden)))
         return F.linear(transformed, self.token_embedding.weight, self.decoder_bias)
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        labels: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        logits_at: Literal["masked", "all"] = "masked",
-    ) -> MaskedLMOutput:
-        """MLM forward pass. ``labels`` hold the original token at masked positions and -100 elsewhere."""
-        if logits_at not in ("masked", "all"):
-            raise PlpruneError(f"logits_at must be 'masked' or 'all', got {logits_at!r}")
-        hidden = self.encode(input_ids, attention_mask)
-        if labels is None:
-            return MaskedLMOutput(logits=self.lm_logits(hidden), loss=None)
-        if labels.shape != input_ids.shape:
-            raise PlpruneError(
-                f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}"
-            )
-        if logits_at == "masked":
-            selected = labels != IGNORE_INDEX
-            logits = self.lm_logits(hidden[selected])
-            loss = F.cross_entropy(logits, labels[selected]) if logits.shape[0] else logits.sum() * 0.0
-            return MaskedLMOutput(logits=logits, loss=loss)
-        logits = self.lm_logits(hidden)
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
-        return MaskedLMOutput(logits=logits, loss=loss)
-
-    def per_sample_true_logit(
-        self, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None
-    ) -> Tensor:
-        """Mean logit of the true token over each sample's masked positions, shape ``(B,)``; vmap-safe."""
-        logits = self.lm_logits(self.encode(input_ids, attention_mask))
-        selected = (labels != IGNORE_INDEX).to(logits.dtype)
-        true_logit = logits.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)  # (B, T)
-        return (true_logit * selected).sum(dim=1) / selected.sum(dim=1).clamp_min(1.0)
-
-    def per_sample_loss(
-        self, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None
-    ) -> Tensor:
-        """Mean masked-token cross-entropy of each sample, shape ``(B,)``; fixed shapes, so vmap-safe.
-
-        A sample with no masked token contributes 0.
-        """
-        logits = self.lm_logits(self.encode(input_ids, attention_mask))
-        selected = (labels != IGNORE_INDEX).to(logits.dtype)
-        token_loss = F.cross_entropy(logits.transpose(1, 2), labels.clamp_min(0), reduction="none")  # (B, T)
-        return (token_loss * selected).sum(dim=1) / selected.sum(dim=1).clamp_min(1.0)

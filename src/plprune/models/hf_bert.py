@@ -14,14 +14,13 @@ same shape (the two then compute the same function; tests/test_hf_models.py).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
-from plprune.models.bert import IGNORE_INDEX, BertConfig, BertForMaskedLM, MaskedLMOutput
+from plprune.models.bert import BertConfig, BertForMaskedLM, MaskedLMHead
 
 __all__ = ["HfBertForMaskedLM", "copy_plprune_bert_weights", "hf_bert_config"]
 
@@ -59,9 +58,11 @@ def hf_bert_config(config: BertConfig) -> Any:
     )
 
 
-class HfBertForMaskedLM(nn.Module):
+class HfBertForMaskedLM(MaskedLMHead):
     """``transformers.BertForMaskedLM`` (``self.hf``) with the interface of plprune's BERT (module
-    docstring). Build it from a plprune :class:`BertConfig` or wrap an existing Hugging Face model."""
+    docstring): ``forward``, ``per_sample_loss`` and ``per_sample_true_logit`` come from
+    :class:`~plprune.models.bert.MaskedLMHead`, on top of this class's ``encode`` and ``lm_logits``.
+    Build it from a plprune :class:`BertConfig` or wrap an existing Hugging Face model."""
 
     def __init__(self, config: BertConfig | None = None, hf_model: nn.Module | None = None) -> None:
         super().__init__()
@@ -87,51 +88,6 @@ class HfBertForMaskedLM(nn.Module):
     def lm_logits(self, hidden: Tensor) -> Tensor:
         """Vocabulary logits for hidden states of any leading shape."""
         return self.hf.cls(hidden)
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        labels: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        logits_at: Literal["masked", "all"] = "masked",
-    ) -> MaskedLMOutput:
-        """As :meth:`plprune.models.bert.BertForMaskedLM.forward`: labels hold the original token at
-        masked positions and -100 elsewhere; logits only at masked positions by default."""
-        if logits_at not in ("masked", "all"):
-            raise PlpruneError(f"logits_at must be 'masked' or 'all', got {logits_at!r}")
-        hidden = self.encode(input_ids, attention_mask)
-        if labels is None:
-            return MaskedLMOutput(logits=self.lm_logits(hidden), loss=None)
-        if labels.shape != input_ids.shape:
-            raise PlpruneError(
-                f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}"
-            )
-        if logits_at == "masked":
-            selected = labels != IGNORE_INDEX
-            logits = self.lm_logits(hidden[selected])
-            loss = F.cross_entropy(logits, labels[selected]) if logits.shape[0] else logits.sum() * 0.0
-            return MaskedLMOutput(logits=logits, loss=loss)
-        logits = self.lm_logits(hidden)
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
-        return MaskedLMOutput(logits=logits, loss=loss)
-
-    def per_sample_true_logit(
-        self, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None
-    ) -> Tensor:
-        """Mean logit of the true token over each sample's masked positions, shape ``(B,)``."""
-        logits = self.lm_logits(self.encode(input_ids, attention_mask))
-        selected = (labels != IGNORE_INDEX).to(logits.dtype)
-        true_logit = logits.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        return (true_logit * selected).sum(dim=1) / selected.sum(dim=1).clamp_min(1.0)
-
-    def per_sample_loss(
-        self, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None
-    ) -> Tensor:
-        """Mean masked-token cross-entropy of each sample, shape ``(B,)`` (0 with no masked token)."""
-        logits = self.lm_logits(self.encode(input_ids, attention_mask))
-        selected = (labels != IGNORE_INDEX).to(logits.dtype)
-        token_loss = F.cross_entropy(logits.transpose(1, 2), labels.clamp_min(0), reduction="none")
-        return (token_loss * selected).sum(dim=1) / selected.sum(dim=1).clamp_min(1.0)
 
 
 def _plprune_to_hf_names(config: BertConfig) -> dict[str, str]:

@@ -31,10 +31,18 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(normalized_shape))
 
     def forward(self, x: Tensor) -> Tensor:
-        mean = x.mean(dim=-1, keepdim=True)
+        # over the last len(normalized_shape) dimensions; weight/bias may be None (an nn.LayerNorm without
+        # them, see plprune.exact_norms): the same ops in the same order either way
+        dims = -1 if len(self.normalized_shape) == 1 else tuple(range(-len(self.normalized_shape), 0))
+        mean = x.mean(dim=dims, keepdim=True)
         centred = x - mean
-        variance = (centred * centred).mean(dim=-1, keepdim=True)
-        return centred * torch.rsqrt(variance + self.eps) * self.weight + self.bias
+        variance = (centred * centred).mean(dim=dims, keepdim=True)
+        out = centred * torch.rsqrt(variance + self.eps)
+        if self.weight is not None:
+            out = out * self.weight
+        if self.bias is not None:
+            out = out + self.bias
+        return out
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}"
@@ -53,6 +61,10 @@ class BatchNorm(nn.Module):
     biased variance over all dimensions but the channel and updates
     ``running = (1 − momentum)·running + momentum·batch`` with the *unbiased* variance (as torch does);
     in eval mode it uses ``running_mean``/``running_var``. ``num_batches_tracked`` counts updates.
+    The forward pass also covers what torch allows beyond that, for :mod:`plprune.exact_norms` (which
+    stands this layer in for a user's ``nn.BatchNorm1d/2d``): ``(N, C)`` inputs, no weight/bias
+    (``affine=False``), no running statistics (batch statistics in eval too), and ``momentum=None``
+    (cumulative average ``1/num_batches_tracked``).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
@@ -67,19 +79,19 @@ class BatchNorm(nn.Module):
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() not in (3, 4) or x.shape[1] != self.num_features:
+        if x.dim() not in (2, 3, 4) or x.shape[1] != self.num_features:
             raise PlpruneError(
-                f"BatchNorm({self.num_features}) expects input (N, {self.num_features}, L) or "
-                f"(N, {self.num_features}, H, W), got shape {tuple(x.shape)}"
+                f"BatchNorm({self.num_features}) expects input (N, {self.num_features}), "
+                f"(N, {self.num_features}, L) or (N, {self.num_features}, H, W), got shape {tuple(x.shape)}"
             )
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         dims = [0, *range(2, x.dim())]
         shape = (1, self.num_features) + (1,) * (x.dim() - 2)
-        if self.training:
+        if self.training or self.running_mean is None:
             count = x.numel() // self.num_features
-            if count < 2:
+            if count < 2 and self.training:
                 raise PlpruneError(
                     f"BatchNorm in training mode needs more than 1 value per channel, got input shape "
                     f"{tuple(x.shape)}; use a batch of at least 2 samples or call model.eval()"
@@ -87,15 +99,22 @@ class BatchNorm(nn.Module):
             mean = x.mean(dim=dims, keepdim=True)
             centred = x - mean
             variance = (centred * centred).mean(dim=dims, keepdim=True)
-            with torch.no_grad():
-                unbiased = variance.detach().flatten() * (count / (count - 1))
-                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.detach().flatten())
-                self.running_var.mul_(1 - self.momentum).add_(self.momentum * unbiased)
-                self.num_batches_tracked.add_(1)
+            if self.training and self.running_mean is not None:
+                with torch.no_grad():
+                    self.num_batches_tracked.add_(1)
+                    factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                    unbiased = variance.detach().flatten() * (count / (count - 1))
+                    self.running_mean.mul_(1 - factor).add_(factor * mean.detach().flatten())
+                    self.running_var.mul_(1 - factor).add_(factor * unbiased)
         else:
             centred = x - self.running_mean.view(shape)
             variance = self.running_var.view(shape)
-        return centred * torch.rsqrt(variance + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+        out = centred * torch.rsqrt(variance + self.eps)
+        if self.weight is not None:
+            out = out * self.weight.view(shape)
+        if self.bias is not None:
+            out = out + self.bias.view(shape)
+        return out
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
