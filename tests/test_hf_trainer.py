@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import plprune
+from tiny_models import tiny_hf_bert
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -33,17 +34,7 @@ class Blocks(torch.utils.data.Dataset):
 
 
 def build(output_dir: Path, max_steps: int = 8) -> tuple[transformers.Trainer, plprune.Pruner]:
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=32,
-        max_position_embeddings=SEQ,
-        attn_implementation="eager",
-    )
-    model = transformers.BertForMaskedLM(config)
+    model = tiny_hf_bert(VOCAB, SEQ)
     data = Blocks()
     pruner = plprune.Pruner(model, plprune.scorers.Magnitude(), plprune.OneShot(3, 0.5), kinds="head")
     args = transformers.TrainingArguments(

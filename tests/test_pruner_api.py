@@ -19,26 +19,15 @@ from plprune.errors import PlpruneError
 from plprune.groups import ParamSlice
 from plprune.models import VGG, BertConfig, BertForMaskedLM
 from plprune.sites.heads import unregister_attention
+from tiny_models import tiny_hf_bert
 
 transformers = pytest.importorskip("transformers")
 
 VOCAB, SEQ = 30, 8
 
 
-def hf_bert(dropout: float = 0.0) -> nn.Module:
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=32,
-        max_position_embeddings=SEQ,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-        attn_implementation="eager",
-    )
-    return transformers.BertForMaskedLM(config)
+def hf_bert() -> nn.Module:
+    return tiny_hf_bert(VOCAB, SEQ)
 
 
 def mlm_batch(step: int, n: int = 4) -> dict[str, Tensor]:

@@ -41,3 +41,25 @@ def bert_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 def gate_site(model: nn.Module, kind: str, layer: int, example_inputs: object = None) -> GateSite:
     """The ``layer``-th gate site of ``kind`` in ``model`` (its hooks stay attached)."""
     return GroupSet(model, kinds=(kind,), example_inputs=example_inputs).sites[layer]
+
+
+def tiny_hf_bert(
+    vocab: int = 30, seq: int = 8, hidden: int = 16, layers: int = 2, heads: int = 4
+) -> nn.Module:
+    """A seeded Hugging Face ``BertForMaskedLM`` built from a config (no download), eager attention, no
+    dropout."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=seq,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        attn_implementation="eager",
+    )
+    return transformers.BertForMaskedLM(config)
