@@ -133,14 +133,14 @@ def run_jobs(jobs: list[Job], out: Path, *, suite: str, workers: int, command: s
     from tqdm.auto import tqdm
 
     if workers == 1:  # in this process: no start-up cost, and the caller's thread settings hold
-        for job in tqdm(todo, desc="runs", unit="run"):
+        for job in tqdm(todo, desc="runs", unit="run", disable=None):
             name, seconds, error = execute_job(job)
             records.append({"run": name, "seconds": seconds, "error": error})
         return records
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # terminate workers, not orphan them
     try:
         with mp.get_context("spawn").Pool(min(workers, len(todo))) as pool:
-            bar = tqdm(total=len(todo), desc="runs", unit="run")
+            bar = tqdm(total=len(todo), desc="runs", unit="run", disable=None)
             for name, seconds, error in pool.imap_unordered(_run_job, todo):
                 records.append({"run": name, "seconds": seconds, "error": error})
                 bar.write(f"{name}: {'FAILED ' + error if error else 'done'} ({seconds:.0f} s)")

@@ -179,7 +179,9 @@ class Trainer:
         if self.progress:
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", leave=False)
+            progress = tqdm(  # disable=None: no bar when stderr is not a terminal (logs, CI)
+                total=config.steps, initial=self.step, desc="train", unit="step", leave=False, disable=None
+            )
         try:
             while self.step < config.steps:
                 started = time.perf_counter()
