@@ -102,3 +102,17 @@ def test_no_import_cycles_between_modules() -> None:
         if module not in state:
             visit(module, [])
     assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_masking_core_imports_no_model() -> None:
+    """Groups, sites, gates and the keep rule work on any nn.Module: they never import plprune's models
+    (the exact norm layers of ``plprune.models.layers`` are building blocks, not models)."""
+    core = ("plprune.groups", "plprune.keep", "plprune.gates", "plprune.sites")
+    offending = [
+        f"{module} imports {dep}"
+        for module, deps in graph().items()
+        if any(module == c or module.startswith(c + ".") for c in core)
+        for dep in deps
+        if (dep == "plprune.models" or dep.startswith("plprune.models.")) and dep != "plprune.models.layers"
+    ]
+    assert not offending, "\n".join(offending)

@@ -14,14 +14,33 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from plprune.models.bert import MultiHeadSelfAttention
-from plprune.models.switch import SwitchFeedForward
 from plprune.sites.experts import FusedMoEAdapter, MoEAdapter, register_moe
 from plprune.sites.heads import AttentionAdapter, register_attention
 
 
 def _linears(module: nn.Module, *names: str) -> bool:
     return all(isinstance(getattr(module, n, None), nn.Linear) for n in names)
+
+
+def _is_plprune_attention(module: nn.Module) -> bool:
+    """plprune's ``MultiHeadSelfAttention`` (models/bert.py), recognised by its parts: ``query``, ``key``,
+    ``value``, ``output`` projections and integer ``num_heads``/``head_size`` (no model import here)."""
+    return (
+        _linears(module, "query", "key", "value", "output")
+        and isinstance(getattr(module, "num_heads", None), int)
+        and isinstance(getattr(module, "head_size", None), int)
+    )
+
+
+def _is_plprune_switch(module: nn.Module) -> bool:
+    """plprune's ``SwitchFeedForward`` (models/switch.py): a bias-free ``router``, an ``experts`` list and
+    the ``set_hard_mask``/``expert_keep`` pair it routes around pruned experts with."""
+    return (
+        isinstance(getattr(module, "router", None), nn.Linear)
+        and isinstance(getattr(module, "experts", None), nn.ModuleList)
+        and callable(getattr(module, "set_hard_mask", None))
+        and isinstance(getattr(module, "expert_keep", None), Tensor)
+    )
 
 
 def _is_hf_bert_attention(module: nn.Module) -> bool:
@@ -116,7 +135,7 @@ register_attention(
 register_attention(
     AttentionAdapter(
         name="plprune-bert",
-        matches=lambda m: isinstance(m, MultiHeadSelfAttention),
+        matches=_is_plprune_attention,
         query="query",
         key="key",
         value="value",
@@ -146,7 +165,7 @@ register_moe(
 register_moe(
     MoEAdapter(
         name="plprune-switch",
-        matches=lambda m: isinstance(m, SwitchFeedForward),
+        matches=_is_plprune_switch,
         experts=lambda m: list(m.experts),
         router=None,  # SwitchFeedForward masks its router itself and recomputes capacity over K experts
         on_hard_mask=_switch_hard_mask,
