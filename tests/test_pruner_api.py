@@ -328,3 +328,25 @@ def test_a_user_attention_module_is_pruned_after_registering_an_adapter() -> Non
             proj.bias[4:] = 0.0
         reference.attention.wo.weight[:, 4:] = 0.0
         torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-6)
+
+
+def test_a_dataloader_serves_as_batches_and_a_bad_loss_fn_is_named() -> None:
+    ids = torch.cat([tuple_batch(s)[0] for s in range(4)])
+    labels = torch.cat([tuple_batch(s)[1] for s in range(4)])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids, labels), batch_size=4)
+    model = tiny_bert()
+    scorer = plprune.scorers.PL(gate_steps=6, feature_samples=2)  # 6 gate batches, 4 in the loader: it cycles
+    once = plprune.OneShot(0, 0.5)
+    pruner = plprune.Pruner(model, scorer, once, kinds="head", loss_fn=ours_loss, batches=loader)
+    (record,) = pruner.step(0)
+    assert len(record["gate_training"]) == 6 and pruner.pruned_ratio("head") == 0.5
+
+    def vector_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        return model(*batch).logits.sum(dim=-1)  # not a scalar
+
+    snip = plprune.scorers.SNIP(batches=1)
+    bad = plprune.Pruner(tiny_bert(), snip, once, loss_fn=vector_loss, batches=loader)
+    with pytest.raises(PlpruneError, match=r"must return a scalar Tensor, got Tensor of shape \(\d+,\)"):
+        bad.step(0)
+    with pytest.raises(PlpruneError, match="batches must be a callable"):
+        plprune.Pruner(tiny_bert(), snip, once, loss_fn=ours_loss, batches=3)
