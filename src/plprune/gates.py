@@ -49,6 +49,7 @@ class GroupSet:
 
         kinds = check_kinds(tuple(kinds)) if kinds is not None else GROUP_KINDS
         self.model = model
+        self.example_inputs = example_inputs  # kept: compacting conv filters traces the model again
         if sites is not None:
             found = list(sites)
         else:

@@ -94,7 +94,7 @@ class MultiHeadSelfAttention(nn.Module):
         return x.view(batch, length, self.num_heads, self.head_size).transpose(1, 2)
 
     def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        batch, length, width = hidden.shape
+        batch, length, _ = hidden.shape
         q = self._split_heads(self.query(hidden))
         k = self._split_heads(self.key(hidden))
         v = self._split_heads(self.value(hidden))
@@ -104,7 +104,8 @@ class MultiHeadSelfAttention(nn.Module):
             scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
         probs = self.attention_dropout(torch.softmax(scores, dim=-1))
         context = torch.matmul(probs, v)  # (B, H, T, d)
-        context = context.transpose(1, 2).reshape(batch, length, width)
+        # num_heads · head_size: the hidden width, unless heads were removed (plprune.compaction)
+        context = context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_size)
         return self.output(context)
 
 

@@ -106,6 +106,31 @@ def _topk_reroute(router: nn.Module, logits: Tensor, output: tuple) -> tuple:
     return (logits, scores.to(output[1].dtype), indices)
 
 
+def _set_qkvo_heads(module: nn.Module, heads: int) -> None:
+    for attr in ("num_attention_heads", "num_heads", "n_heads"):
+        if isinstance(getattr(module, attr, None), int):
+            setattr(module, attr, heads)
+
+
+def _set_hf_bert_heads(module: nn.Module, heads: int) -> None:
+    inner = module.self
+    inner.num_attention_heads = heads
+    inner.all_head_size = heads * inner.attention_head_size
+
+
+def _compact_hf_switch(module: nn.Module, keep: Tensor) -> None:
+    count = int(keep.sum())
+    module.router.num_experts = count
+    module.experts.num_experts = count
+
+
+def _compact_plprune_switch(module: nn.Module, keep: Tensor) -> None:
+    """The layer now has only its kept experts: counts and the routing buffer follow (all kept)."""
+    count = int(keep.sum())
+    module.num_experts = count
+    module._buffers["expert_keep"] = torch.ones(count, dtype=torch.bool, device=module.expert_keep.device)
+
+
 def _switch_hard_mask(module: nn.Module, keep: object) -> None:
     module.set_hard_mask(keep)
 
@@ -119,6 +144,7 @@ register_attention(
         value="v_proj",
         output="o_proj",
         num_heads=_qkvo_heads,
+        set_num_heads=_set_qkvo_heads,
     )
 )
 register_attention(
@@ -130,6 +156,7 @@ register_attention(
         value="self.value",
         output="output.dense",
         num_heads=lambda m: m.self.num_attention_heads,
+        set_num_heads=_set_hf_bert_heads,
     )
 )
 register_attention(
@@ -141,6 +168,7 @@ register_attention(
         value="value",
         output="output",
         num_heads=lambda m: m.num_heads,
+        set_num_heads=lambda m, n: setattr(m, "num_heads", n),
     )
 )
 register_moe(
@@ -149,6 +177,8 @@ register_moe(
         matches=_is_hf_switch_moe,
         experts=_hf_switch_experts,
         router="router.classifier",
+        container="experts",
+        on_compact=_compact_hf_switch,
     )
 )
 register_moe(
@@ -169,5 +199,8 @@ register_moe(
         experts=lambda m: list(m.experts),
         router=None,  # SwitchFeedForward masks its router itself and recomputes capacity over K experts
         on_hard_mask=_switch_hard_mask,
+        container="experts",
+        router_linear="router",
+        on_compact=_compact_plprune_switch,
     )
 )

@@ -35,13 +35,21 @@ from plprune.groups import GateSite, Group, ParamSlice
 class MoEAdapter:
     """How to read one MoE family. ``experts(layer)`` lists the expert modules in index order;
     ``router`` is the dotted path of the router ``nn.Linear`` (``None``: the family masks routing itself
-    in ``on_hard_mask``); ``on_hard_mask(layer, keep)`` is an optional extra action on a new hard mask."""
+    in ``on_hard_mask``); ``on_hard_mask(layer, keep)`` is an optional extra action on a new hard mask.
+
+    For compaction (:mod:`plprune.compaction`): ``container`` is the dotted path of the ``nn.ModuleList`` /
+    ``nn.ModuleDict`` holding the experts (its pruned children are removed), ``router_linear`` the router
+    whose output rows are removed (default: ``router``), and ``on_compact(layer, keep)`` updates whatever
+    else the family keeps per expert (counts, routing buffers)."""
 
     name: str
     matches: Callable[[nn.Module], bool]
     experts: Callable[[nn.Module], list[nn.Module]]
     router: str | None
     on_hard_mask: Callable[[nn.Module, Tensor], None] | None = None
+    container: str | None = None
+    router_linear: str | None = None
+    on_compact: Callable[[nn.Module, Tensor], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,9 @@ class AttentionAdapter:
     ``matches(module)`` says whether a module is an attention block of this family; ``query``, ``key``,
     ``value``, ``output`` are dotted paths of its ``nn.Linear`` projections; ``num_heads(module)`` its head
     count (key/value heads must equal query heads: grouped-query attention is not a head group here).
+    ``set_num_heads(module, n)`` (optional) records a new head count after compaction
+    (:mod:`plprune.compaction`) wherever the family keeps one; without it compaction only reshapes the
+    projections, which suffices for modules that infer the head count from the projections' width.
     """
 
     name: str
@@ -49,6 +52,7 @@ class AttentionAdapter:
     value: str
     output: str
     num_heads: Callable[[nn.Module], int]
+    set_num_heads: Callable[[nn.Module, int], None] | None = None
 
 
 _ATTENTION_ADAPTERS: list[AttentionAdapter] = []
