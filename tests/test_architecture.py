@@ -17,11 +17,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("plprune.groups", "plprune.keep", "plprune.schedules", "plprune.task", "plprune.gating"),
     ("plprune.models", "plprune.data", "plprune.curvature", "plprune.exact_norms"),
     ("plprune.sites", "plprune.gates"),
-    ("plprune.pruners",),
+    ("plprune.pruners", "plprune.compaction"),
     ("plprune.pruner", "plprune.scorers"),
     ("plprune.train", "plprune.tasks", "plprune.integrations"),
     # the run-level glue: configs, named tasks built from a config, the runner, benchmarks, CLI
-    ("plprune.run_config", "plprune.tasks.registry", "plprune.runner", "plprune.bench", "plprune.cli"),
+    # (export rebuilds run models from their configs)
+    ("plprune.run_config", "plprune.tasks.registry", "plprune.runner", "plprune.bench", "plprune.export"),
+    ("plprune.cli",),
     ("plprune",),  # the package root re-exports the public API
 ]
 

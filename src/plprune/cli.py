@@ -130,6 +130,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="pre-LayerNorm layers (default: post-LN as in BERT)",
     )
     parser.add_argument(
+        "--compact",
+        action="store_true",
+        default=None,
+        help="after the last pruning event, remove the pruned groups physically; train the smaller model",
+    )
+    parser.add_argument(
         "--no-diagnostics",
         dest="diagnostics",
         action="store_false",
@@ -161,6 +167,8 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
                 overrides.setdefault(method, {})[setting.field] = value
     if args.pre_layer_norm is not None:
         overrides.setdefault("model", {})["pre_layer_norm"] = True
+    if args.compact is not None:
+        overrides.setdefault("prune", {})["compact"] = True
     if args.diagnostics is not None:
         overrides.setdefault("prune", {})["diagnostics"] = False
     return config.with_overrides(overrides)

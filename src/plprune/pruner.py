@@ -135,6 +135,8 @@ class Pruner:
         self.prune_seconds = 0.0
         self.diagnostics_seconds = 0.0
         self.records: list[dict[str, Any]] = []
+        self.compacted = False
+        self.example_inputs = example_inputs
         self.optimizer: torch.optim.Optimizer | None = None
         self._optimizer_hooks: list[RemovableHandle] = []
         self.plugins: list[PrunerPlugin] = list(scorer.plugins())
@@ -218,12 +220,16 @@ class Pruner:
 
     def before_update(self) -> None:
         """Gradients are ready: zero pruned groups' gradients, then the plugins (e.g. DPFPS's penalty)."""
+        if self.compacted:
+            return  # nothing pruned is left in the model
         self.groups.mask_gradients()
         for plugin in self.plugins:
             plugin.before_update(self, self.last_step or 0)
 
     def after_update(self) -> None:
         """The optimizer has stepped: re-zero pruned weights, then the plugins."""
+        if self.compacted:
+            return
         self.groups.enforce()
         for plugin in self.plugins:
             plugin.after_update(self, self.last_step or 0)
@@ -292,6 +298,29 @@ class Pruner:
                 handle.write(json.dumps(record) + "\n")
         return record
 
+    # -- compaction --------------------------------------------------------------------------------
+    def compact(self) -> Any:
+        """Remove the pruned groups from the model, in place, once the schedule has run its last event;
+        the attached optimizer follows (its state carried over to the surviving slices, so training goes on
+        exactly as with the masked model, only faster). Returns the
+        :class:`~plprune.compaction.CompactionReport`. The pruner then has nothing left to mask."""
+        from plprune.compaction import compact
+
+        if self.compacted:
+            raise PlpruneError("the model is already compacted")
+        if not self.finished:
+            remaining = [e.step for e in self.schedule.events()[self.events_done :]]
+            raise PlpruneError(
+                f"compact after the schedule's last event: events remain at steps {remaining} (pruning a "
+                "compacted model further is not supported yet)"
+            )
+        example = self.example_inputs
+        if example is None and isinstance(self.task, FunctionTask):
+            example = self.task.model_inputs(0)
+        _, report = compact(self.groups, inplace=True, optimizer=self.optimizer, example_inputs=example)
+        self.compacted = True
+        return report
+
     # -- reading -----------------------------------------------------------------------------------
     @property
     def mask(self) -> torch.Tensor:
@@ -327,10 +356,13 @@ class Pruner:
             "diagnostics_seconds": self.diagnostics_seconds,
             "scorer": self.scorer.state_dict(),
             "plugins": [plugin.state_dict() for plugin in self.plugins],
+            "compacted": self.compacted,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` (after loading the model's and optimizer's own state)."""
+        """Restore a :meth:`state_dict` (after loading the model's and optimizer's own state). A compacted
+        pruner's state compacts the model again (and the attached optimizer's parameter lists): load it
+        *before* the model's and optimizer's state, whose shapes are the compacted ones."""
         required = {"groups", "events_done", "prune_seconds", "diagnostics_seconds", "scorer"}
         if not isinstance(state, Mapping) or required - set(state):
             raise PlpruneError(f"not a Pruner state: expected the keys {sorted(required)}")
@@ -353,3 +385,5 @@ class Pruner:
             )
         for plugin, plugin_state in zip(self.plugins, plugin_states, strict=True):
             plugin.load_state_dict(plugin_state)
+        if state.get("compacted") and not self.compacted:
+            self.compact()

@@ -93,7 +93,8 @@ class PruneConfig:
     ``method``: one of :data:`plprune.pruners.registry.METHOD_NAMES`. ``curvature_every``: every N steps,
     log the NTK condition number and Hessian trace at the evaluation (0 = off; also for dense runs; Fig.
     3/5); ``allocation``: ``"global"`` (rank all groups of a kind together) or ``"per_layer"`` (the same
-    fraction from every layer); ``None``: the method's own.
+    fraction from every layer); ``None``: the method's own. ``compact``: after the last pruning event,
+    remove the pruned groups physically (a smaller, faster model; optimizer state carried over).
 
     ``settings``: each method's own settings dataclass by method name (``[prune.pl]``, ``[prune.imp]``,
     ... in a config file; defined next to each scorer and registered with it), defaults filled in.
@@ -111,6 +112,7 @@ class PruneConfig:
     diagnostics: bool = True
     curvature_every: int = 0
     allocation: str | None = None
+    compact: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -99,6 +99,7 @@ def build_pruning_callbacks(
         diagnostics=diagnostics,
         kind_ratios=prune.kind_ratios,
         allocation=prune.allocation,
+        compact=prune.compact,
     )
     return [pruning, *_curvature_tracker(config, groups)]
 

@@ -13,6 +13,10 @@ class Callback:
 
     def on_train_start(self, trainer: Trainer) -> None: ...
 
+    def on_resume_start(self, trainer: Trainer) -> None:
+        """Resuming: called before any state is loaded (the callbacks' own state is loaded next, then the
+        model's and optimizer's)."""
+
     def on_step_start(self, trainer: Trainer, step: int) -> None:
         """Before the forward pass of optimizer step ``step + 1`` (pruning decisions go here)."""
 

@@ -104,6 +104,15 @@ class Trainer:
     def resume(self) -> None:
         """Restore everything from ``run_dir/checkpoint.pt`` and drop metrics logged after it."""
         state = load_checkpoint(self.run_dir / CHECKPOINT_NAME)
+        # callbacks first: a compacting pruner reshapes the model (and the optimizer's parameter lists) to
+        # the checkpoint's shapes before the weights are loaded
+        self._emit("on_resume_start")
+        saved = state["callbacks"]
+        for key, callback in self._callback_keys():
+            if key in saved:
+                callback.load_state_dict(saved[key])
+            elif callback.state_dict():
+                raise RunDirError(f"the checkpoint has no state for callback {key}; cannot resume it exactly")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
@@ -112,12 +121,6 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
         self._loss_sum = float(state["loss_sum"])
         self._loss_count = int(state["loss_count"])
-        saved = state["callbacks"]
-        for key, callback in self._callback_keys():
-            if key in saved:
-                callback.load_state_dict(saved[key])
-            elif callback.state_dict():
-                raise RunDirError(f"the checkpoint has no state for callback {key}; cannot resume it exactly")
         self.metrics.truncate_after(self.step)
 
     def _callback_keys(self) -> list[tuple[str, Callback]]:

@@ -51,7 +51,12 @@ class PruningCallback(Callback):
         log_path: Path | None = None,
         kind_ratios: Mapping[str, float] | None = None,
         allocation: str | None = None,
+        compact: bool = False,
     ) -> None:
+        """``compact=True``: remove the pruned groups physically right after the schedule's last event
+        (:meth:`plprune.pruner.Pruner.compact`); training goes on with the smaller model."""
+        self.compact = compact
+        self.compacted_at: int | None = None
         self.pruner = Pruner(
             groups.model,
             scorer,
@@ -102,14 +107,23 @@ class PruningCallback(Callback):
         self.pruner.use_task(task)
         return self.pruner.prune(event, step)
 
-    def on_train_start(self, trainer: Trainer) -> None:
+    def _attach(self, trainer: Trainer) -> None:
         pruner = self.pruner
-        pruner.schedule.validate(trainer.config.steps)
         pruner.use_task(trainer.task)
         if pruner.optimizer is not trainer.optimizer:
             if pruner.optimizer is not None:
                 pruner.detach()
             pruner.attach(trainer.optimizer)
+        if pruner.example_inputs is None:
+            pruner.example_inputs = pruner.groups.example_inputs
+
+    def on_resume_start(self, trainer: Trainer) -> None:
+        self._attach(trainer)  # a compacted checkpoint compacts the model and this optimizer on load
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        pruner = self.pruner
+        pruner.schedule.validate(trainer.config.steps)
+        self._attach(trainer)
         if pruner.log_path is None:
             pruner.log_path = trainer.run_dir / PRUNING_LOG
         if pruner.log_path.exists():  # resumed: keep only the events the checkpoint has seen
@@ -120,15 +134,24 @@ class PruningCallback(Callback):
 
     def on_step_start(self, trainer: Trainer, step: int) -> None:
         self.pruner.step(step)
+        if self.compact and self.pruner.finished and not self.pruner.compacted:
+            report = self.pruner.compact()
+            self.compacted_at = step
+            self.parameters_after_compaction = report.parameters_after
 
     def on_after_backward(self, trainer: Trainer, step: int) -> None:
-        self.pruner.groups.mask_gradients()  # before gradient clipping, as the optimizer hook does after
+        if not self.pruner.compacted:
+            self.pruner.groups.mask_gradients()  # before gradient clipping, as the optimizer hook does after
 
     def on_evaluate(self, trainer: Trainer, record: dict[str, Any]) -> None:
         record.update(self.pruner.metrics())
+        if self.pruner.compacted:
+            record["compacted_at_step"] = self.compacted_at
+            record["parameters"] = sum(p.numel() for p in trainer.model.parameters())
 
     def state_dict(self) -> dict[str, Any]:
-        return self.pruner.state_dict()
+        return {**self.pruner.state_dict(), "compacted_at": self.compacted_at}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.compacted_at = state.get("compacted_at")
         self.pruner.load_state_dict(state)
