@@ -67,7 +67,7 @@ from plprune.errors import PlpruneError
 from plprune.models.layers import BatchNorm
 from plprune.sites.filters import ConvMember, FilterSite
 
-__all__ = ["find_filter_sites"]
+__all__ = ["build_dependency_graph", "find_filter_sites"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d)
 _NORMS = (nn.modules.batchnorm._BatchNorm, BatchNorm)
@@ -99,6 +99,16 @@ def find_filter_sites(model: nn.Module, example_inputs: Any = None) -> list[Filt
             f"{type(model).__name__} has {len(convs)} conv layer(s) but no prunable conv filters ({reasons})"
         )
     return sites
+
+
+def build_dependency_graph(model: nn.Module, example_inputs: Any) -> Any:
+    """Torch-Pruning's ``DependencyGraph`` of ``model``, traced once on ``example_inputs`` exactly as
+    discovery traces it (plprune's BatchNorm known through a customized pruner that couples its channels but
+    refuses to prune them; gradients enabled, no backward pass; every module's train/eval mode and every
+    buffer restored afterwards). Compaction (:mod:`plprune.compaction.filters`) reads the coupling from it."""
+    if example_inputs is None:
+        raise PlpruneError(_NEEDS_INPUTS)
+    return _Trace(model, example_inputs).graph
 
 
 def _call(model: nn.Module, inputs: Any) -> Any:
