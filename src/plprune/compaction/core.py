@@ -74,12 +74,25 @@ class CompactionReport:
         return self.parameters_after / self.parameters_before
 
 
+def _belongs_to_a_site(fn: Any) -> bool:
+    """A gate site's hook: one of its bound methods, or a closure over it (the per-expert hooks)."""
+    if isinstance(getattr(fn, "__self__", None), GateSite):
+        return True
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            if isinstance(cell.cell_contents, GateSite):
+                return True
+        except ValueError:  # an empty cell
+            continue
+    return False
+
+
 def strip_gate_hooks(model: nn.Module) -> None:
     """Remove every forward (pre-)hook that belongs to a plprune gate site (e.g. in a deep copy, whose
-    copied hook handles would point at the original's hook dictionaries)."""
+    copied hooks would still gate through the original's sites)."""
     for module in model.modules():
         for hooks in (module._forward_hooks, module._forward_pre_hooks):
-            for key in [k for k, fn in hooks.items() if isinstance(getattr(fn, "__self__", None), GateSite)]:
+            for key in [k for k, fn in hooks.items() if _belongs_to_a_site(fn)]:
                 del hooks[key]
                 module._forward_hooks_with_kwargs.pop(key, None)
                 module._forward_pre_hooks_with_kwargs.pop(key, None)
