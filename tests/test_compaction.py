@@ -277,3 +277,21 @@ def test_trainer_compacts_after_the_last_event_and_resumes_the_compacted_run(
     _run_until_checkpoint(config, tmp_path / "resumed", stop_after=12)  # after the compaction
     resumed = train_run(config, tmp_path / "resumed", resume=True, progress=False)
     assert _numbers(resumed["history"]) == _numbers(full["history"])
+
+
+def test_heads_and_experts_compact_together() -> None:
+    model = switch().eval()
+    groups = plprune.GroupSet(model, kinds=("head", "expert"))
+    assert groups.kinds == ("head", "expert") and len(groups) == 4 + 8
+    mask = torch.ones(len(groups), dtype=torch.bool)
+    mask[groups.kind_index("head")[[0, 3]]] = False  # one head of each layer
+    mask[groups.kind_index("expert")[[1, 6]]] = False  # one expert of each layer
+    groups.apply_mask(mask)
+    compacted, report = compact(groups)
+    x = ids(4)
+    with torch.no_grad():
+        torch.testing.assert_close(compacted(x).logits, model(x).logits, rtol=0, atol=1e-5)
+    assert report.groups_after == {"head": 2, "expert": 6}
+    head = 3 * (4 * 8 + 4) + 8 * 4  # hidden 8, 2 heads of 4
+    expert = (8 * 16 + 16) + (16 * 8 + 8) + 8
+    assert report.parameters_before - report.parameters_after == 2 * head + 2 * expert
