@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 from plprune import scorers
 from plprune.errors import PlpruneError
+from plprune.export import export, load
 from plprune.gates import GroupSet
 from plprune.integrations.huggingface import HFPruningCallback
 from plprune.pruner import Pruner
@@ -54,7 +55,9 @@ __all__ = [
     "Schedule",
     "Task",
     "__version__",
+    "export",
     "find_sites",
+    "load",
     "register_attention",
     "register_method",
     "register_moe",

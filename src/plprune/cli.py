@@ -316,12 +316,57 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from plprune.export import export_run
+
+    out, manifest, note = export_run(args.run_dir, format=args.format, out=args.out, force=args.force)
+    print(f"{args.run_dir}: {note}")
+    for kind, counts in ((manifest["pruning"] or {}).get("counts") or {}).items():
+        print(f"  {kind}s: {counts['before']} -> {counts['after']} (per layer: {counts['per_layer']})")
+    parameters = manifest["parameters"]
+    print(f"  parameters: {parameters['dense']:,} -> {parameters['compacted']:,}")
+    if "onnx" in manifest:
+        onnx = manifest["onnx"]
+        print(f"  ONNX via {onnx['exporter']}: max |onnxruntime - PyTorch| = {onnx['max_abs_diff']:.2g}")
+    print(f"exported to {out}/ (load with plprune.load({str(out)!r}))")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from plprune.bench.report import write_report
 
     path = write_report(args.dir)
     print(path.read_text(encoding="utf-8"))
     print(f"\nreport written to {path}")
+    return 0
+
+
+def cmd_bench_latency(args: argparse.Namespace) -> int:
+    from plprune.bench.latency import parse_spec, run_latency_bench
+
+    spec = parse_spec(
+        model=args.model,
+        out=args.out,
+        ratio=args.ratio,
+        width=args.width,
+        input=args.input,
+        size=args.size,
+        threads=args.threads,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        seed=args.seed,
+        memory=not args.no_memory,
+        onnx=not args.no_onnx,
+    )
+    result = run_latency_bench(spec, progress=False if args.no_progress else None)
+    for threads, measures in result["latency"].items():
+        for measure, rows in measures.items():
+            cells = ", ".join(
+                f"{name} {row['median_ms']:.2f} ms ({row['paired_speedup']:.2f}x)"
+                for name, row in rows.items()
+            )
+            print(f"{threads} thread(s), {measure}: {cells}")
+    print(f"\nwritten to {spec.out}/ (latency.json, LATENCY.md, latency.png)")
     return 0
 
 
@@ -369,9 +414,54 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", type=Path, help="results directory")
     compare.set_defaults(handler=cmd_compare)
 
+    from plprune.bench.latency import MODELS as LATENCY_MODELS
+
+    bench = sub.add_parser(
+        "bench-latency",
+        help="CPU inference latency, memory and size: dense vs masked vs compacted vs ONNX Runtime",
+        description="Measure one model family with a random protected mask at --ratio: dense, masked (gate "
+        "hooks), compacted (pruned groups removed) and compacted + ONNX Runtime (and, for the CNNs, the same "
+        "filters removed by Torch-Pruning). Latency at batch 1 and 32 (median, IQR; variants interleaved "
+        "round by round), throughput, parameters, MACs, peak memory (fresh process per variant) and file "
+        "sizes; writes OUT/latency.json, OUT/LATENCY.md and OUT/latency.png.",
+    )
+    bench.add_argument("--model", help=f"model family: {', '.join(LATENCY_MODELS)}")
+    bench.add_argument(
+        "--ratio", help="fraction of groups removed (default: 0.75 of heads for BERT, 0.5 otherwise)"
+    )
+    bench.add_argument("--width", help="CNNs: channel multiplier (default 0.25 vgg, 0.5 resnet56; cifar: 1)")
+    bench.add_argument("--input", help="CNNs: mnist1d (1x40 sequences, default) or cifar (3x32x32 images)")
+    bench.add_argument("--size", help="default, or tiny (a small model of the family, for smoke tests)")
+    bench.add_argument("--threads", help="torch and ONNX Runtime threads; a list such as 1,2 (default 1)")
+    bench.add_argument("--repeats", help="timed calls per variant and batch size (default 30)")
+    bench.add_argument("--warmup", help="untimed calls per variant before timing (default 3)")
+    bench.add_argument("--seed", help="seed of the model, the inputs and the random mask (default 0)")
+    bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    bench.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and ONNX Runtime")
+    bench.add_argument("--no-progress", action="store_true", help="no progress line (none without a tty)")
+    bench.add_argument("--out", help="output directory")
+    bench.set_defaults(handler=cmd_bench_latency)
+
     report = sub.add_parser("report", help="write RESULTS.md, results.json/csv and plots for a compare DIR")
     report.add_argument("dir", type=Path, help="the --out directory of plprune compare")
     report.set_defaults(handler=cmd_report)
+
+    export = sub.add_parser(
+        "export",
+        help="write a run's pruned model, compacted, as safetensors (and ONNX) for plprune.load",
+        description="Rebuild the model of a plprune train RUN_DIR (config.json, checkpoint.pt and the final "
+        "mask of pruning.jsonl), remove its pruned groups and write OUT/model.safetensors and "
+        "OUT/plprune.json (plprune.load(OUT) reads them back); --format onnx also writes OUT/model.onnx, "
+        "checked against PyTorch with onnxruntime. A run without pruning events exports its dense model. "
+        "See docs/deploy.md.",
+    )
+    export.add_argument("run_dir", type=Path, help="the --out directory of plprune train")
+    export.add_argument(
+        "--format", choices=("safetensors", "onnx"), default="safetensors", help="default safetensors"
+    )
+    export.add_argument("--out", type=Path, help="output directory (default RUN_DIR/export)")
+    export.add_argument("--force", action="store_true", help="replace an existing output directory")
+    export.set_defaults(handler=cmd_export)
     return parser
 
 
