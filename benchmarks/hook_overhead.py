@@ -8,8 +8,8 @@ machine hits all three alike:
 * ``hooked``: a ``plprune.Pruner`` attached (gate hooks on every attention output projection, optimizer
   hooks), nothing pruned yet: the hooks return their input unchanged;
 * ``masked``: 75% of the heads pruned: every hook multiplies by the 0/1 mask and the optimizer hooks zero
-  gradients and re-zero weights. Masked heads are still computed (no compaction yet), so this is *not*
-  expected to be faster.
+  gradients and re-zero weights. Masked heads are still computed (only compaction removes them), so this
+  is *not* expected to be faster.
 
 Writes ``OUT/hook_overhead.json`` and ``OUT/HOOK_OVERHEAD.md`` (median and IQR per state, ratio to plain).
 Run: ``.venv/bin/python benchmarks/hook_overhead.py --out benchmarks/results/hook_overhead``.
