@@ -16,7 +16,7 @@ from plprune.compaction import compact
 from plprune.errors import PlpruneError
 from plprune.models import BertConfig, BertForMaskedLM, SwitchConfig, SwitchForMaskedLM
 from plprune.train.checkpoint import load_checkpoint
-from tiny_models import tiny_hf_bert
+from tiny_models import tiny_hf_bert, tiny_hf_switch_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -133,19 +133,7 @@ def test_compacted_switch_routes_as_the_masked_one_with_fewer_experts() -> None:
 
 def test_compacted_hf_switch_transformers_routes_as_the_masked_one() -> None:
     torch.manual_seed(0)
-    config = transformers.SwitchTransformersConfig(
-        vocab_size=50,
-        d_model=16,
-        d_kv=8,
-        d_ff=32,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=2,
-        num_experts=4,
-        expert_capacity=64,
-        num_sparse_encoder_layers=1,
-        num_sparse_decoder_layers=1,
-    )
+    config = tiny_hf_switch_config(1)
     model = transformers.SwitchTransformersModel(config).eval()
     groups = plprune.GroupSet(model, kinds=("expert",))
     mask = torch.ones(len(groups), dtype=torch.bool)

@@ -20,6 +20,7 @@ from plprune.models import VGG, ResNet
 from plprune.models.layers import BatchNorm
 from plprune.sites.filter_discovery import build_dependency_graph
 from plprune.sites.filters import ConvMember, FilterSite
+from test_filter_discovery import UserNet
 
 SMALL_VGG = (16, 16, "M", 32, 32, "M", 64, 64)  # widths at multiplier 0.25: 4, 4, 8, 8, 16, 16
 
@@ -122,24 +123,8 @@ def test_resnet_compaction_cuts_inner_convs_and_the_convs_reading_them(depth: in
 
 
 # -- a user's CNNs ---------------------------------------------------------------------------------------
-class ResidualNet(nn.Module):
-    """stem → ``relu(x + bn2(conv2(relu(bn1(conv1(x))))))`` → global average pool → Linear. (A flatten after
-    the residual sum would make Torch-Pruning map the coupled channels wrongly; discovery then skips them.)"""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 6, 3, padding=1, bias=False)
-        self.bn0 = nn.BatchNorm2d(6)
-        self.conv1 = nn.Conv2d(6, 5, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(5)
-        self.conv2 = nn.Conv2d(5, 6, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(6)
-        self.fc = nn.Linear(6, 4)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.bn0(self.stem(x)))
-        y = F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
-        return self.fc(y.mean(dim=(2, 3)))
+# the residual CNN of the discovery tests: stem → relu(x + bn2(conv2(relu(bn1(conv1(x)))))) → pool → fc
+ResidualNet = UserNet
 
 
 class ConcatNet(nn.Module):

@@ -23,6 +23,7 @@ from plprune.models.hf_bert import HfBertForMaskedLM, copy_plprune_bert_weights,
 from plprune.pruners.base import PruneContext
 from plprune.pruners.pl import PLConfig, PLScorer
 from plprune.sites import heads as head_sites
+from tiny_models import tiny_hf_switch_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -282,19 +283,7 @@ def _routed_counts(experts: list[nn.Module]) -> list[list[int]]:
 
 
 def test_switch_transformers_experts_are_found_gated_and_pruned() -> None:
-    config = transformers.SwitchTransformersConfig(
-        vocab_size=50,
-        d_model=16,
-        d_kv=8,
-        d_ff=32,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=2,
-        num_experts=4,
-        expert_capacity=64,
-        num_sparse_encoder_layers=2,
-        num_sparse_decoder_layers=2,
-    )
+    config = tiny_hf_switch_config(2)
     model = transformers.SwitchTransformersForConditionalGeneration(config).eval()
     ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(1))
 

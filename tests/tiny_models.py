@@ -63,3 +63,23 @@ def tiny_hf_bert(
         attn_implementation="eager",
     )
     return transformers.BertForMaskedLM(config)
+
+
+def tiny_hf_switch_config(sparse_layers: int = 2):
+    """A Hugging Face SwitchTransformers config: 2 + 2 layers, 4 experts in ``sparse_layers`` of each stack,
+    capacity large enough that no token is dropped."""
+    import transformers
+
+    return transformers.SwitchTransformersConfig(
+        vocab_size=50,
+        d_model=16,
+        d_kv=8,
+        d_ff=32,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=2,
+        num_experts=4,
+        expert_capacity=64,
+        num_sparse_encoder_layers=sparse_layers,
+        num_sparse_decoder_layers=sparse_layers,
+    )
