@@ -301,3 +301,13 @@ def test_cnn_task_uses_its_defaults_and_prunes_filters_on_a_linear_schedule(caps
     events = [json.loads(line) for line in (out / "pruning.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events] == [30, 60]
     assert [e["pruned_ratio"]["filter"] for e in events] == pytest.approx([0.25, 0.5], abs=0.01)
+
+
+@pytest.mark.parametrize("command", ["train", "demo", "compare", "report", "export", "bench-latency"])
+def test_every_command_prints_its_help(command: str, capsys) -> None:
+    from plprune.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: plprune" in capsys.readouterr().out

@@ -118,7 +118,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
     for flag, _section, field, kind, text in _RUN_FLAGS:
         parser.add_argument(flag, dest=field, type=kind, default=None, help=text)
-    methods = "; ".join(f"{name}: {spec.description}" for name, spec in METHODS.items())
+    # argparse %-formats help: a literal % (e.g. "5% of training") must be doubled
+    methods = "; ".join(f"{name}: {spec.description}" for name, spec in METHODS.items()).replace("%", "%%")
     parser.add_argument("--method", default=None, help=f"pruning method (default dense). {methods}")
     for flag in setting_flags():  # each method's own settings, from its registered config
         parser.add_argument(flag.flag, dest=f"setting_{flag.field}", type=flag.type, help=flag.help)
