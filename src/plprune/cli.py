@@ -122,7 +122,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     methods = "; ".join(f"{name}: {spec.description}" for name, spec in METHODS.items()).replace("%", "%%")
     parser.add_argument("--method", default=None, help=f"pruning method (default dense). {methods}")
     for flag in setting_flags():  # each method's own settings, from its registered config
-        parser.add_argument(flag.flag, dest=f"setting_{flag.field}", type=flag.type, help=flag.help)
+        parser.add_argument(
+            flag.flag,
+            dest=f"setting_{flag.field}",
+            metavar=flag.field.upper(),
+            type=flag.type,
+            help=flag.help,
+        )
     parser.add_argument(
         "--pre-ln",
         dest="pre_layer_norm",
