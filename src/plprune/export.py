@@ -329,12 +329,7 @@ def _resolve_groups(groups_or_pruner: Any) -> tuple[GroupSet | None, bool, Any]:
             "export takes the GroupSet or Pruner that pruned the model (or None for a dense model), got "
             f"{type(groups_or_pruner).__name__}"
         )
-    example = getattr(pruner, "example_inputs", None)
-    return (
-        groups,
-        bool(getattr(pruner, "compacted", False)),
-        example if example is not None else groups.example_inputs,
-    )
+    return groups, bool(getattr(pruner, "compacted", False)), groups.example_inputs
 
 
 def _layer_counts(groups: GroupSet) -> list[dict[str, Any]]:
@@ -831,10 +826,9 @@ def model_from_run(run_dir: str | os.PathLike) -> tuple[nn.Module, GroupSet | No
     ``note`` says what was found. The model is built from ``config.json`` (vocabulary size from the
     checkpoint; CNN tasks rebuild their offline data for the input shape) and holds the checkpoint's
     weights."""
-    from plprune.models import BertForMaskedLM, SwitchConfig, SwitchForMaskedLM
     from plprune.run_config import RunConfig
     from plprune.runner import CONFIG_NAME, SUMMARY_NAME
-    from plprune.tasks.registry import DEFAULT_KINDS, bert_config_for, build_task
+    from plprune.tasks.registry import DEFAULT_KINDS, build_task, mlm_model_for
     from plprune.train.checkpoint import load_checkpoint
     from plprune.train.loop import CHECKPOINT_NAME
     from plprune.train.metrics import read_jsonl
@@ -858,23 +852,11 @@ def model_from_run(run_dir: str | os.PathLike) -> tuple[nn.Module, GroupSet | No
         model, task = build_task(config, run_dir)  # offline data: gives the input shape
         example = task.train_batch(0)[0][:2]
     elif config.task.startswith("hf-bert-"):
-        from plprune.models.hf_bert import HfBertForMaskedLM
-
         vocab = _vocab_size(state, "hf.bert.embeddings.word_embeddings.weight")
-        model = HfBertForMaskedLM(bert_config_for(config, vocab))
-    elif config.task.startswith("switch-"):
-        m = config.model
-        switch = SwitchConfig(
-            num_experts=m.experts,
-            capacity_factor=m.capacity_factor,
-            aux_loss_weight=m.aux_loss_weight,
-            expert_ffn_size=m.expert_ffn,
-        )
-        model = SwitchForMaskedLM(
-            bert_config_for(config, _vocab_size(state, "token_embedding.weight")), switch
-        )
+        model = mlm_model_for(config, vocab, hf=True)
     elif config.task in DEFAULT_KINDS:
-        model = BertForMaskedLM(bert_config_for(config, _vocab_size(state, "token_embedding.weight")))
+        vocab = _vocab_size(state, "token_embedding.weight")
+        model = mlm_model_for(config, vocab, switch=config.task.startswith("switch-"))
     else:
         raise RunDirError(f"cannot export runs of task {config.task!r}")
 

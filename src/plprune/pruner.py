@@ -136,7 +136,6 @@ class Pruner:
         self.diagnostics_seconds = 0.0
         self.records: list[dict[str, Any]] = []
         self.compacted = False
-        self.example_inputs = example_inputs
         self.optimizer: torch.optim.Optimizer | None = None
         self._optimizer_hooks: list[RemovableHandle] = []
         self.plugins: list[PrunerPlugin] = list(scorer.plugins())
@@ -314,8 +313,8 @@ class Pruner:
                 f"compact after the schedule's last event: events remain at steps {remaining} (pruning a "
                 "compacted model further is not supported yet)"
             )
-        example = self.example_inputs
-        if example is None and isinstance(self.task, FunctionTask):
+        example = None  # compaction falls back to the GroupSet's own example inputs
+        if self.groups.example_inputs is None and isinstance(self.task, FunctionTask):
             example = self.task.model_inputs(0)
         _, report = compact(self.groups, inplace=True, optimizer=self.optimizer, example_inputs=example)
         self.compacted = True

@@ -29,8 +29,8 @@ def plan_heads(site: HeadSite, keep: Tensor, model: nn.Module, example_inputs: A
     ops.append(KeepSlices(site._param("output", "weight"), 1, rows))
     for proj in ("query", "key", "value", "output"):
         path = f"{site.module_name}.{site.paths[proj]}" if site.module_name else site.paths[proj]
-        attr, size = ("in_features", len(rows)) if proj == "output" else ("out_features", len(rows))
-        ops.append(CallOnModule(path, _set, (attr, size)))
+        size_attr = "in_features" if proj == "output" else "out_features"
+        ops.append(CallOnModule(path, _set, (size_attr, len(rows))))
     if site.adapter.set_num_heads is not None:
         ops.append(CallOnModule(site.module_name, site.adapter.set_num_heads, len(heads)))
     return ops

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -141,17 +142,19 @@ class TransformerLayer(nn.Module):
         return self.ffn_norm(hidden + self.dropout(self.feed_forward(hidden)))
 
 
-class MaskedLMHead(nn.Module):
+class MaskedLMHead(nn.Module, ABC):
     """The masked-LM interface every plprune task and pruner uses, built on two methods a subclass provides:
     ``encode(input_ids, attention_mask) -> (B, T, hidden)`` and ``lm_logits(hidden) -> (..., V)``
     (plprune's :class:`BertForMaskedLM`; :class:`plprune.models.hf_bert.HfBertForMaskedLM` for a Hugging Face
     model)."""
 
+    @abstractmethod
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        raise NotImplementedError
+        """Hidden states ``(B, T, hidden)`` after the encoder stack."""
 
+    @abstractmethod
     def lm_logits(self, hidden: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Vocabulary logits for hidden states of any leading shape."""
 
     def forward(
         self,

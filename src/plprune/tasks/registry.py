@@ -56,6 +56,28 @@ def bert_config_for(config: RunConfig, vocab_size: int) -> BertConfig:
     )
 
 
+def mlm_model_for(
+    config: RunConfig, vocab_size: int, *, switch: bool = False, hf: bool = False
+) -> nn.Module:
+    """The masked-LM model a run config describes: plprune's BERT, its Switch variant (``switch``) or a
+    Hugging Face BertForMaskedLM of the same sizes (``hf``), freshly initialised."""
+    bert_config = bert_config_for(config, vocab_size)
+    if switch:
+        m = config.model
+        switch_config = SwitchConfig(
+            num_experts=m.experts,
+            capacity_factor=m.capacity_factor,
+            aux_loss_weight=m.aux_loss_weight,
+            expert_ffn_size=m.expert_ffn,
+        )
+        return SwitchForMaskedLM(bert_config, switch_config)
+    if hf:
+        from plprune.models.hf_bert import HfBertForMaskedLM  # imports transformers
+
+        return HfBertForMaskedLM(bert_config)
+    return BertForMaskedLM(bert_config)
+
+
 def _build_mlm(
     config: RunConfig, run_dir: Path, corpus: CorpusText, switch: bool = False, hf: bool = False
 ) -> tuple[nn.Module, Task]:
@@ -70,22 +92,7 @@ def _build_mlm(
     if config.data.train_fraction < 1.0:
         keep = max(config.train.batch_size, round(config.data.train_fraction * data.train_blocks.shape[0]))
         data = dataclasses.replace(data, train_blocks=data.train_blocks[:keep])
-    bert_config = bert_config_for(config, tokenizer.vocab_size)
-    if switch:
-        m = config.model
-        switch_config = SwitchConfig(
-            num_experts=m.experts,
-            capacity_factor=m.capacity_factor,
-            aux_loss_weight=m.aux_loss_weight,
-            expert_ffn_size=m.expert_ffn,
-        )
-        model: nn.Module = SwitchForMaskedLM(bert_config, switch_config)
-    elif hf:
-        from plprune.models.hf_bert import HfBertForMaskedLM  # imports transformers
-
-        model = HfBertForMaskedLM(bert_config)
-    else:
-        model = BertForMaskedLM(bert_config)
+    model = mlm_model_for(config, tokenizer.vocab_size, switch=switch, hf=hf)
     task = MlmTask(data, config.train.batch_size, config.train.seed, config.train.eval_batches)
     return model, task
 

@@ -114,8 +114,6 @@ class PruningCallback(Callback):
             if pruner.optimizer is not None:
                 pruner.detach()
             pruner.attach(trainer.optimizer)
-        if pruner.example_inputs is None:
-            pruner.example_inputs = pruner.groups.example_inputs
 
     def on_resume_start(self, trainer: Trainer) -> None:
         self._attach(trainer)  # a compacted checkpoint compacts the model and this optimizer on load
@@ -135,9 +133,8 @@ class PruningCallback(Callback):
     def on_step_start(self, trainer: Trainer, step: int) -> None:
         self.pruner.step(step)
         if self.compact and self.pruner.finished and not self.pruner.compacted:
-            report = self.pruner.compact()
+            self.pruner.compact()
             self.compacted_at = step
-            self.parameters_after_compaction = report.parameters_after
 
     def on_after_backward(self, trainer: Trainer, step: int) -> None:
         if not self.pruner.compacted:
