@@ -12,13 +12,18 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # lowest first; a module's layer is that of the longest matching prefix
+# ruff: noqa: RUF005
 LAYERS: list[tuple[str, ...]] = [
     ("plprune.errors", "plprune.validation", "plprune.seeding", "plprune.table"),
-    ("plprune.groups", "plprune.keep", "plprune.schedules", "plprune.task", "plprune.gating"),
-    ("plprune.models", "plprune.data", "plprune.curvature", "plprune.exact_norms"),
-    ("plprune.sites", "plprune.gates"),
+    # the sparsity methods' maths and training hooks work on any Units; they import no model
+    ("plprune.groups", "plprune.keep", "plprune.schedules", "plprune.task", "plprune.gating")
+    + ("plprune.sparsity",),
+    # multi-exit and dynamic networks are models
+    ("plprune.models", "plprune.data", "plprune.curvature", "plprune.exact_norms")
+    + ("plprune.sparsity.early_exit", "plprune.sparsity.dynamic"),
+    ("plprune.sites", "plprune.gates", "plprune.sparsity.group_units"),
     ("plprune.pruners", "plprune.compaction"),
-    ("plprune.pruner", "plprune.scorers"),
+    ("plprune.pruner", "plprune.weight_pruner", "plprune.scorers"),
     ("plprune.train", "plprune.tasks", "plprune.integrations"),
     # the run-level glue: configs, named tasks built from a config, the runner, benchmarks, CLI
     # (export rebuilds run models from their configs)

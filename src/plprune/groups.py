@@ -113,6 +113,23 @@ class GateSite(ABC):
         self.keep = torch.as_tensor(keep, dtype=torch.bool).clone()
 
 
+#: the pseudo-kind of unstructured pruning: single weights, not groups (plprune.weight_pruner)
+WEIGHT_KIND = "weight"
+
+
+def check_prune_kinds(kinds: tuple[str, ...] | str) -> tuple[str, ...]:
+    """What a run may prune: group kinds (:func:`check_kinds`), or ``("weight",)`` alone (unstructured)."""
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    if WEIGHT_KIND in kinds:
+        if kinds != (WEIGHT_KIND,):
+            raise PlpruneError(
+                f"prune either single weights (kinds = ['weight']) or groups {GROUP_KINDS}, not both; "
+                f"got {kinds!r}"
+            )
+        return kinds
+    return check_kinds(kinds)
+
+
 def check_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
     if isinstance(kinds, str):
         kinds = (kinds,)

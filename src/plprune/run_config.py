@@ -116,7 +116,7 @@ class PruneConfig:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from plprune.groups import check_kinds
+        from plprune.groups import check_kinds, check_prune_kinds
         from plprune.keep import ALLOCATIONS
         from plprune.pruners.registry import get_method, method_settings
         from plprune.schedules import SCHEDULES
@@ -129,7 +129,7 @@ class PruneConfig:
         if self.allocation is not None:
             check_choice("allocation", self.allocation, ALLOCATIONS)
         if self.kinds is not None:
-            self.kinds = check_kinds(tuple(self.kinds))
+            self.kinds = check_prune_kinds(tuple(self.kinds))
         if self.kind_ratios is not None:
             check_kinds(tuple(self.kind_ratios))
             for kind, value in self.kind_ratios.items():

@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
-from plprune.errors import RunDirError
+from plprune.errors import PlpruneError, RunDirError
 from plprune.gates import GroupSet
+from plprune.groups import WEIGHT_KIND
 from plprune.run_config import RunConfig, config_differences, save_config
 from plprune.tasks.registry import DEFAULT_KINDS, build_task
 from plprune.train.callbacks import Callback
@@ -72,6 +73,8 @@ def build_pruning_callbacks(
     spec = get_method(prune.method)
     kinds = prune.kinds or DEFAULT_KINDS[config.task]
     if spec.build is None:
+        if kinds == (WEIGHT_KIND,):  # dense reference of an unstructured comparison: the task's groups
+            kinds = DEFAULT_KINDS[config.task]
         inputs = example_inputs if "filter" in kinds else None
         groups = GroupSet(model, kinds, example_inputs=inputs) if prune.curvature_every else None
         return _curvature_tracker(config, groups) if groups is not None else []
@@ -88,6 +91,8 @@ def build_pruning_callbacks(
         rounds=prune.rounds,
     )
     schedule.validate(config.train.steps)
+    if kinds == (WEIGHT_KIND,):
+        return [_weight_pruning(config, model, schedule, BuildInfo(config.train.steps, steps_per_epoch))]
     groups = GroupSet(model, kinds=kinds, example_inputs=example_inputs if "filter" in kinds else None)
     check_method_kinds(prune.method, groups.kinds)
     diagnostics = Diagnostics() if prune.diagnostics else None
@@ -102,6 +107,24 @@ def build_pruning_callbacks(
         compact=prune.compact,
     )
     return [pruning, *_curvature_tracker(config, groups)]
+
+
+def _weight_pruning(config: RunConfig, model: torch.nn.Module, schedule: Any, info: Any) -> Callback:
+    """Unstructured pruning (``kinds = ["weight"]``): the method's weight-level version in a WeightPruner."""
+    from plprune.pruners.registry import build_scorer, check_method_kinds
+    from plprune.train.weight_pruning import WeightPruningCallback
+    from plprune.weight_pruner import WeightPruner
+
+    prune = config.prune
+    check_method_kinds(prune.method, (WEIGHT_KIND,))
+    for flag, value in (("compact", prune.compact), ("curvature_every", prune.curvature_every)):
+        if value:
+            raise PlpruneError(
+                f"{flag} works on groups (heads, experts, filters); unstructured pruning (kinds = weight) "
+                "keeps every tensor's shape and tracks no group curvature: leave it off"
+            )
+    scorer = build_scorer(prune.method, prune.method_settings, info)
+    return WeightPruningCallback(WeightPruner(model, scorer.weight_method(), schedule))
 
 
 def _curvature_tracker(config: RunConfig, groups: GroupSet) -> list[Callback]:

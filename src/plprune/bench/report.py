@@ -128,6 +128,7 @@ def _main_columns(runs: Runs, family: dict[str, Any], marks: list[int]) -> list[
             None,
         )
     )
+    columns.append(_column("pruned units %", per(_pruned_percent), 1, None))
     columns.append(_column("train wall (s)", per(train_wall), 0, None))
     columns.append(
         _column(
@@ -285,6 +286,18 @@ def _final_masks(runs: Runs, seed: int) -> dict[str, list[bool]]:
     return masks
 
 
+def _pruned_percent(summary: dict) -> float:
+    """The final pruned ratio of the run's units (groups of its kind, or single weights), in %."""
+    ratios = [v for k, v in summary["final"].items() if k.startswith("pruned_") and k.endswith("_ratio")]
+    return 100 * sum(ratios) / len(ratios) if ratios else 0.0
+
+
+def _units_note(prune: dict[str, Any]) -> str:
+    if list(prune.get("kinds") or []) == ["weight"]:
+        return "of the prunable weights (unstructured: every Linear/Conv weight)"
+    return "of the groups"
+
+
 def _data_note(config: dict[str, Any]) -> str:
     task = config["task"]
     if task.endswith("wikitext2"):
@@ -371,7 +384,8 @@ def write_report(out: Path) -> Path:
         lines += [
             f"Model: {_model_note(config)}.  ",
             f"Training: {config['train']}.  ",
-            f"Pruning: {config['prune'].get('kind_ratios') or config['prune']['ratio']} of the groups, "
+            f"Pruning: {config['prune'].get('kind_ratios') or config['prune']['ratio']} "
+            f"{_units_note(config['prune'])}, "
             f"{_schedule_note(config['prune'])} for methods on the task schedule; SNIP/GraSP at "
             "initialisation; IMP and grad-score in 3 iterative rounds (IMP rewinding to 5% of training). "
             "e = epochs.",

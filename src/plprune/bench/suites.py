@@ -35,6 +35,19 @@ class TaskPlan:
     ablations: tuple[str, ...] = ()
     # times of this task's ablations (steps or epochs), and the interval of iterative rounds
     times: dict[str, str] = field(default_factory=dict)
+    # the section (run folder and report heading) when one task appears several times in a suite
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label or self.task
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds this plan prunes: its base config's, else the task's default."""
+        from plprune.tasks.registry import DEFAULT_KINDS
+
+        return tuple(self.base.get("prune", {}).get("kinds") or DEFAULT_KINDS[self.task])
 
 
 @dataclass(frozen=True)
@@ -150,6 +163,46 @@ SUITES: dict[str, Suite] = {
     ),
 }
 
+def _course_plan(kind: str, ratio: float, methods: tuple[str, ...]) -> TaskPlan:
+    """VGG on MNIST-1D, ``ratio`` of the ``kind`` units (``"weight"``: unstructured) removed on a linear
+    schedule (epochs 1-6 of 12); the course's regularisers act until the last event, then fine-tuning."""
+    base = {
+        "train": {"steps": 1200, "eval_every": 200, "eval_batches": 16, "checkpoint_every": 400},
+        "prune": {
+            "kinds": [kind],
+            "ratio": ratio,
+            "schedule": "linear",
+            "prune_at": "1e",
+            "prune_end": "6e",
+            "prune_every": "1e",
+        },
+    }
+    label = f"vgg-mnist1d-{kind}-r{round(ratio * 100)}"
+    return TaskPlan("vgg-mnist1d", base, methods, times={"every": "1e"}, label=label)
+
+
+COURSE_METHODS = (
+    *("prox-l1", "prox-lq", "prox-q-shrink", "prox-scad", "prox-mcp", "prox-firm", "prox-l0"),
+    *("trimmed-l1", "gsm", "l0-gates", "cont-sparse"),
+)
+
+SUITES["sparse-course"] = Suite(
+    "sparse-course",
+    "the optimisation-based sparsity methods of the sparse-DNN course on VGG/MNIST-1D at 50% and 90%: "
+    "unstructured (single weights; magnitude pruning as the baseline) and structured (filters; beside PL "
+    "and grad-score, the best filter baseline of paper-cpu), 3 seeds",
+    (0, 1, 2),
+    tuple(
+        _course_plan(kind, ratio, methods)
+        for kind, methods in (
+            ("weight", ("dense", "magnitude", *COURSE_METHODS)),
+            ("filter", ("dense", "pl", "grad-score", *COURSE_METHODS)),
+        )
+        for ratio in (0.5, 0.9)
+    ),
+    curvature_methods=(),
+)
+
 ABLATIONS = ("at-init", "early", "late", "one-shot", "iterative", "r50", "r75", "r90", "per-layer")
 
 
@@ -185,11 +238,11 @@ def variant_config(
     plan: TaskPlan, variant: str, seed: int, data_dir: str | None, curvature_methods: tuple[str, ...]
 ) -> dict[str, Any]:
     """The raw config of ``variant`` (``METHOD`` or ``METHOD@ABLATION``) of ``plan`` for ``seed``."""
-    from plprune.tasks.registry import DEFAULT_KINDS, TASK_DEFAULTS
+    from plprune.tasks.registry import TASK_DEFAULTS
 
     method, _, ablation = variant.partition("@")
     spec = get_method(method)
-    check_method_kinds(method, DEFAULT_KINDS[plan.task])
+    check_method_kinds(method, plan.kinds)
     config = deep_merge({"task": plan.task, **TASK_DEFAULTS.get(plan.task, {})}, plan.base)
     config = json.loads(json.dumps(config))  # a deep copy
     prune = config.setdefault("prune", {})
@@ -226,7 +279,7 @@ def plan_suite(
     if suite_name not in SUITES:
         raise PlpruneError(f"unknown suite {suite_name!r}; valid: {', '.join(SUITES)}")
     suite = SUITES[suite_name]
-    known_tasks = [p.task for p in suite.tasks]
+    known_tasks = list(dict.fromkeys(n for p in suite.tasks for n in (p.task, p.name)))
     if tasks:
         bad = [t for t in tasks if t not in known_tasks]
         if bad:
@@ -240,13 +293,11 @@ def plan_suite(
     seeds = list(seeds) if seeds else list(suite.seeds)
     jobs = []
     for plan in suite.tasks:
-        if tasks and plan.task not in tasks:
+        if tasks and plan.task not in tasks and plan.name not in tasks:
             continue
         chosen = [m for m in plan.methods if not methods or m in methods]
         if methods:  # methods the user asked for that the suite leaves out but that apply to the task
-            from plprune.tasks.registry import DEFAULT_KINDS
-
-            kinds = DEFAULT_KINDS[plan.task]
+            kinds = plan.kinds
             chosen += [m for m in methods if m not in chosen and all(k in get_method(m).kinds for k in kinds)]
         variants = [(v, s) for s in seeds for v in chosen]
         if ablations:
@@ -256,7 +307,7 @@ def plan_suite(
         for variant, seed in variants:
             config = variant_config(plan, variant, seed, data_dir, suite.curvature_methods)
             jobs.append(
-                Job(plan.task, variant, seed, config, out / "runs" / plan.task / f"{variant}-s{seed}")
+                Job(plan.name, variant, seed, config, out / "runs" / plan.name / f"{variant}-s{seed}")
             )
     if not jobs:
         raise PlpruneError("the selection leaves no runs; check --tasks, --methods and --seeds")

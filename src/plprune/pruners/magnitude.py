@@ -15,12 +15,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from plprune.groups import WEIGHT_KIND
 from plprune.pruners.base import GroupScorer, PruneContext
-from plprune.pruners.registration import register_method
+from plprune.pruners.registration import ALL_KINDS, register_method
+from plprune.sparsity.base import SparsityMethod
 from plprune.validation import check_positive_int
 
 
-@register_method("magnitude", description="group weight magnitude, the task's schedule, no rewinding")
+@register_method(
+    "magnitude",
+    description="weight magnitude (groups: their norm), the task's schedule, no rewinding",
+    kinds=(*ALL_KINDS, WEIGHT_KIND),
+)
 class MagnitudeScorer(GroupScorer):
     """``‖w_[i]‖_p`` over all of group i's parameter slices (LTH/IMP criterion, structured)."""
 
@@ -30,6 +36,11 @@ class MagnitudeScorer(GroupScorer):
 
     def __init__(self, p: int = 2) -> None:
         self.p = check_positive_int("magnitude norm order p", p)
+
+    def weight_method(self) -> SparsityMethod:
+        """Unstructured (``--kinds weight``): the base sparsity method, gradual global magnitude pruning
+        (Zhu & Gupta 2017) on the task's schedule."""
+        return SparsityMethod()
 
     @torch.no_grad()
     def scores(self, context: PruneContext) -> Tensor:
