@@ -11,12 +11,16 @@ The public API, in a user's own training loop::
         pruner.step(step)
         ...
 
-See README.md and docs/byom.md.
+Unstructured sparsity with the sparse-DNN course's methods (:mod:`plprune.sparsity`)::
+
+    pruner = plprune.WeightPruner(model, ProximalMethod("l1", 5e-3), plprune.Linear(100, 600, 100, 0.9))
+
+See README.md, docs/byom.md and docs/sparsity.md.
 """
 
 __version__ = "0.1.0"
 
-from plprune import scorers
+from plprune import scorers, sparsity
 from plprune.errors import PlpruneError
 from plprune.export import export, load
 from plprune.gates import GroupSet
@@ -34,6 +38,7 @@ from plprune.sites import (
     register_moe,
 )
 from plprune.task import FunctionTask, Task
+from plprune.weight_pruner import WeightPruner
 
 __all__ = [
     "AtInit",
@@ -54,6 +59,7 @@ __all__ = [
     "PrunerPlugin",
     "Schedule",
     "Task",
+    "WeightPruner",
     "__version__",
     "export",
     "find_sites",
@@ -62,4 +68,5 @@ __all__ = [
     "register_method",
     "register_moe",
     "scorers",
+    "sparsity",
 ]

@@ -90,4 +90,4 @@ def register_method(
 
 def register_reference(name: str, description: str) -> None:
     """A method that builds no scorer (the dense reference run)."""
-    METHODS[name] = MethodSpec(name, description, ALL_KINDS, None)
+    METHODS[name] = MethodSpec(name, description, (*ALL_KINDS, "weight"), None)

@@ -163,13 +163,20 @@ class ProxMCPSettings:
 
 @dataclass
 class ProxFirmSettings:
-    strength: float = _strength(5e-3)
-    firm_mu: float = field(
-        default=1.5e-2, metadata={"help": "firm thresholding's upper threshold mu > lambda"}
+    strength: float = _strength(2e-2)
+    firm_mu: float | None = field(
+        default=None,
+        metadata={
+            "type": float,
+            "help": "firm thresholding's upper threshold mu > strength (default 2*strength)",
+        },
     )
 
     def __post_init__(self) -> None:
-        ProximalMethod("firm", self.strength, mu=self.firm_mu)
+        ProximalMethod("firm", self.strength, **self.params())
+
+    def params(self) -> dict[str, float]:
+        return {} if self.firm_mu is None else {"mu": self.firm_mu}
 
 
 _PROX = {
@@ -178,7 +185,7 @@ _PROX = {
     "q-shrink": (ProxQShrinkSettings, "q-shrinkage (Chartrand)", lambda s: {"q": s.q}),
     "scad": (ProxSCADSettings, "SCAD thresholding", lambda s: {"a": s.scad_a}),
     "mcp": (ProxMCPSettings, "MCP thresholding", lambda s: {"gamma": s.mcp_gamma}),
-    "firm": (ProxFirmSettings, "firm thresholding", lambda s: {"mu": s.firm_mu}),
+    "firm": (ProxFirmSettings, "firm thresholding", lambda s: s.params()),
 }
 
 
