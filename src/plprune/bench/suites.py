@@ -165,15 +165,15 @@ SUITES: dict[str, Suite] = {
 
 def _course_plan(kind: str, ratio: float, methods: tuple[str, ...]) -> TaskPlan:
     """VGG on MNIST-1D, ``ratio`` of the ``kind`` units (``"weight"``: unstructured) removed on a linear
-    schedule (epochs 1-6 of 12); the course's regularisers act until the last event, then fine-tuning."""
+    schedule (epochs 1-4 of 8); the course's regularisers act until the last event, then fine-tuning."""
     base = {
-        "train": {"steps": 1200, "eval_every": 200, "eval_batches": 16, "checkpoint_every": 400},
+        "train": {"steps": 800, "eval_every": 200, "eval_batches": 16, "checkpoint_every": 400},
         "prune": {
             "kinds": [kind],
             "ratio": ratio,
             "schedule": "linear",
             "prune_at": "1e",
-            "prune_end": "6e",
+            "prune_end": "4e",
             "prune_every": "1e",
         },
     }
