@@ -122,7 +122,7 @@ def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         save_checkpoint(path, {"x": Boom()})
     assert torch.equal(load_checkpoint(path)["x"], torch.arange(3))
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "ckpt.pt.sha256"]
 
 
 def test_metrics_file_is_jsonl(tiny_wikitext_dir: Path, tmp_path: Path) -> None:

@@ -143,6 +143,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="after the last pruning event, remove the pruned groups physically; train the smaller model",
     )
     parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="every determinism knob torch offers (deterministic algorithms, cuDNN, cuBLAS workspace) and "
+        "seeded Python/NumPy/torch RNGs; see docs/training.md (Reliability) for its cost",
+    )
+    parser.add_argument(
         "--no-diagnostics",
         dest="diagnostics",
         action="store_false",
@@ -178,6 +185,8 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         overrides.setdefault("prune", {})["compact"] = True
     if args.diagnostics is not None:
         overrides.setdefault("prune", {})["diagnostics"] = False
+    if getattr(args, "deterministic", None) is not None:
+        overrides.setdefault("train", {})["deterministic"] = True
     return config.with_overrides(overrides)
 
 

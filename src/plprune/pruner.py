@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from plprune.errors import PlpruneError
+from plprune.faults import kill_point
 from plprune.gates import GroupSet
 from plprune.groups import check_kinds
 from plprune.keep import ALLOCATIONS, select_mask
@@ -254,6 +255,7 @@ class Pruner:
 
     def prune(self, event: PruneEvent, step: int) -> dict[str, Any]:
         """Run one pruning event now; returns its record."""
+        kill_point("prune-start")  # tests only (PLPRUNE_TEST_KILL_AT)
         if self.task is None and (self.scorer.needs_data or self.diagnostics is not None):
             raise PlpruneError(f"scorer {self.scorer.name!r} needs training data; none was given")
         started = time.perf_counter()
@@ -295,6 +297,7 @@ class Pruner:
         if self.log_path is not None:
             with self.log_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
+        kill_point("prune-logged")
         return record
 
     # -- compaction --------------------------------------------------------------------------------

@@ -272,6 +272,15 @@ def config_differences(saved: dict[str, Any], requested: dict[str, Any], prefix:
     return lines
 
 
+def normalised_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved ``config.json`` with every field a later version added filled in with its default (so that
+    ``--resume`` of an older run compares like with like); as saved if it no longer parses."""
+    try:
+        return json.loads(json.dumps(RunConfig.from_dict(saved).to_dict()))
+    except (PlpruneError, TypeError, ValueError):
+        return saved
+
+
 def save_config(path: Path, config: RunConfig) -> None:
     from plprune.train.checkpoint import atomic_write_text
 

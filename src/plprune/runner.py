@@ -13,13 +13,15 @@ import torch
 from plprune.errors import PlpruneError, RunDirError
 from plprune.gates import GroupSet
 from plprune.groups import WEIGHT_KIND
-from plprune.run_config import RunConfig, config_differences, save_config
+from plprune.run_config import RunConfig, config_differences, normalised_saved_config, save_config
+from plprune.seeding import deterministic_mode
 from plprune.tasks.registry import DEFAULT_KINDS, build_task
 from plprune.train.callbacks import Callback
-from plprune.train.checkpoint import atomic_write_text
+from plprune.train.checkpoint import atomic_write_text, checkpoint_exists, remove_temp_files
 from plprune.train.loop import CHECKPOINT_NAME, METRICS_NAME, Trainer
 from plprune.train.metrics import read_jsonl
 from plprune.train.pruning import PRUNING_LOG
+from plprune.train.run_lock import LOCK_NAME, RunLock
 
 CONFIG_NAME = "config.json"
 SUMMARY_NAME = "summary.json"
@@ -29,11 +31,11 @@ def prepare_run_dir(out: Path, config: RunConfig, resume: bool) -> Path:
     """Create (or, with ``resume``, validate) the run directory; never overwrite an existing run."""
     out = Path(out)
     if resume:
-        if not (out / CONFIG_NAME).is_file() or not (out / CHECKPOINT_NAME).is_file():
+        if not (out / CONFIG_NAME).is_file() or not checkpoint_exists(out / CHECKPOINT_NAME):
             raise RunDirError(
                 f"--resume: {out} has no {CONFIG_NAME} and {CHECKPOINT_NAME}; nothing to resume"
             )
-        saved = json.loads((out / CONFIG_NAME).read_text(encoding="utf-8"))
+        saved = normalised_saved_config(json.loads((out / CONFIG_NAME).read_text(encoding="utf-8")))
         diff = config_differences(saved, json.loads(json.dumps(config.to_dict())))
         if diff:
             raise RunDirError(
@@ -41,7 +43,7 @@ def prepare_run_dir(out: Path, config: RunConfig, resume: bool) -> Path:
                 f"(saved -> requested): {'; '.join(diff)}"
             )
         return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())):
         raise RunDirError(
             f"{out} already exists and is not empty; pass --resume to continue it, or pick a new --out"
         )
@@ -143,10 +145,46 @@ def train_run(
     callbacks: list[Callback] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train per ``config`` into ``out``; returns and writes ``summary.json`` (final metrics, wall time)."""
+    """Train per ``config`` into ``out``; returns and writes ``summary.json`` (final metrics, wall time).
+
+    The run holds ``out/.lock`` (:class:`~plprune.train.run_lock.RunLock`) from start to end: a second
+    process on the same ``out`` is refused. ``config.train.deterministic`` switches every determinism knob
+    on for the run (:func:`~plprune.seeding.deterministic_mode`)."""
     out = Path(out)
     fresh = not out.exists()
+    lock = _lock_run_dir(out, resume)
+    try:
+        with deterministic_mode(config.train.deterministic, config.train.seed):
+            return _train_locked(config, out, fresh, resume, callbacks, progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_run_dir(out: Path, resume: bool) -> RunLock | None:
+    """Take ``out``'s lock (creating ``out`` for a new run); None where ``out`` is not a directory and
+    :func:`prepare_run_dir` will say why."""
+    if not resume and not out.exists():
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunDirError(f"cannot create output directory {out}: {error.strerror or error}") from error
+    if not out.is_dir():
+        return None
+    return RunLock(out).acquire()
+
+
+def _train_locked(
+    config: RunConfig,
+    out: Path,
+    fresh: bool,
+    resume: bool,
+    callbacks: list[Callback] | None,
+    progress: bool,
+) -> dict[str, Any]:
     out = prepare_run_dir(out, config, resume)
+    if resume:
+        remove_temp_files(out)  # half-written files of a killed writer (we hold the lock)
     try:
         model, task = build_task(config, out)
         pruning = build_pruning_callbacks(config, model, task.steps_per_epoch, task.train_batch(0)[0])

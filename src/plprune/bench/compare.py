@@ -4,7 +4,10 @@ Layout of ``OUT``: ``suite.json`` (what was asked, by whom, on what machine) and
 each a normal run directory (``config.json``, ``metrics.jsonl``, ``checkpoint.pt``, ``summary.json``). A run
 with ``summary.json`` is finished and never re-run; a run with a checkpoint resumes from it; a run started
 but never checkpointed starts again. A run directory whose ``config.json`` differs from the planned config
-is refused before anything runs (mixing results of different configs would make the tables lie).
+is refused before anything runs (mixing results of different configs would make the tables lie). The suite
+holds ``OUT/.lock`` while it runs (a second ``plprune compare`` on the same ``OUT`` is refused) and each run
+its own ``RUN_DIR/.lock``; checkpoints are crash-safe (:mod:`plprune.train.checkpoint`), so a killed suite
+resumes every unfinished run from its last good checkpoint.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from typing import Any
 
 from plprune.bench.suites import Job
 from plprune.errors import RunDirError
-from plprune.run_config import RunConfig, config_differences
-from plprune.train.checkpoint import atomic_write_text
+from plprune.run_config import RunConfig, config_differences, normalised_saved_config
+from plprune.train.checkpoint import atomic_write_text, checkpoint_exists
+from plprune.train.run_lock import RunLock
 
 SUITE_FILE = "suite.json"
 FAILED_FILE = "failed.txt"
@@ -38,7 +42,7 @@ def check_existing(jobs: list[Job]) -> None:
         if not saved_path.is_file():
             continue
         try:
-            saved = json.loads(saved_path.read_text(encoding="utf-8"))
+            saved = normalised_saved_config(json.loads(saved_path.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as error:
             problems.append(f"{saved_path}: unreadable ({error})")
             continue
@@ -73,7 +77,7 @@ def execute_job(job: Job) -> tuple[str, float, str | None]:
 
     started = time.time()
     try:
-        resume = (job.run_dir / "checkpoint.pt").is_file()
+        resume = checkpoint_exists(job.run_dir / "checkpoint.pt")
         if job.run_dir.exists() and not resume:
             shutil.rmtree(job.run_dir)  # started but never checkpointed: start again
         train_run(RunConfig.from_dict(job.config), job.run_dir, resume=resume, progress=False)
@@ -120,9 +124,18 @@ def write_suite_file(out: Path, suite: str, jobs: list[Job], command: str, worke
 
 
 def run_jobs(jobs: list[Job], out: Path, *, suite: str, workers: int, command: str) -> list[dict[str, Any]]:
-    """Run the unfinished jobs with ``workers`` processes; returns one record per job run now."""
+    """Run the unfinished jobs with ``workers`` processes; returns one record per job run now. Holds
+    ``out/.lock`` throughout (another suite on the same ``out`` is refused)."""
     check_existing(jobs)
     out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        check_existing(jobs)  # again, now that no other suite can be writing
+        return _run_pending(jobs, out, suite=suite, workers=workers, command=command)
+
+
+def _run_pending(
+    jobs: list[Job], out: Path, *, suite: str, workers: int, command: str
+) -> list[dict[str, Any]]:
     write_suite_file(out, suite, jobs, command, workers)
     todo = pending(jobs)
     done = len(jobs) - len(todo)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from plprune.errors import PlpruneError
 from plprune.validation import (
     check_choice,
     check_non_negative_float,
@@ -23,6 +24,9 @@ class TrainConfig:
     Paper Table 4 (BERT on WikiText-2, GPU): peak LR 1e-4, weight decay 0, batch 8, sequence 512.
     Our CPU defaults shrink the model and sequence, so they use a larger peak LR (1e-3) and batch 16 at
     length 128; see docs/training.md.
+
+    ``deterministic``: every determinism knob torch offers, and seeded Python/NumPy/torch RNGs, for the run
+    (:func:`plprune.seeding.deterministic_mode`; its cost is measured in docs/training.md).
     """
 
     steps: int = 2000
@@ -37,6 +41,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     eval_batches: int = 8
     seed: int = 0
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         check_positive_int("steps", self.steps)
@@ -51,6 +56,8 @@ class TrainConfig:
         check_non_negative_int("checkpoint_every (0 disables periodic checkpoints)", self.checkpoint_every)
         check_positive_int("eval_batches", self.eval_batches)
         check_non_negative_int("seed", self.seed)
+        if not isinstance(self.deterministic, bool):
+            raise PlpruneError(f"deterministic must be true or false, got {self.deterministic!r}")
 
     @property
     def warmup_steps(self) -> int:

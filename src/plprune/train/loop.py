@@ -1,14 +1,17 @@
 """A plain PyTorch training loop with callbacks, JSONL metrics, atomic checkpoints and exact resume.
 
 Exact resume: the data order and masking of step s depend only on (seed, s) (see ``Task``), and a
-checkpoint stores model, optimizer, LR schedule, the global torch RNG (dropout), the running loss
-accumulators and every callback's state. Resuming from step s therefore replays steps s+1, ... with
-bit-identical numbers on CPU.
+checkpoint stores model, optimizer, LR schedule, every global RNG (Python, NumPy, torch CPU and CUDA; torch's
+drives dropout), the data position (seed, next step), the running loss accumulators and every callback's
+state (a pruner's: masks, schedule position, scorer and plugin state). Resuming from step s therefore
+replays steps s+1, ... with bit-identical numbers on CPU. Checkpoints are crash-safe (atomic, sha256-checked,
+the last two kept: :mod:`plprune.train.checkpoint`).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,9 +21,11 @@ import torch
 from torch import nn
 
 from plprune.errors import RunDirError, TrainingDivergedError
+from plprune.faults import kill_point
+from plprune.seeding import rng_state, set_rng_state
 from plprune.task import Task
 from plprune.train.callbacks import Callback
-from plprune.train.checkpoint import load_checkpoint, save_checkpoint
+from plprune.train.checkpoint import load_latest_checkpoint, previous_path, save_checkpoint
 from plprune.train.config import TrainConfig
 from plprune.train.lr_schedule import step_decay, warmup_linear_decay
 from plprune.train.metrics import JsonlWriter, perplexity
@@ -81,6 +86,9 @@ class Trainer:
         self._loss_sum = 0.0
         self._loss_count = 0
         self.history: list[dict[str, Any]] = []
+        self.last_checkpoint_step: int | None = None  # step of the newest checkpoint written or resumed from
+        self.resume_notes: list[str] = []  # why resume skipped a checkpoint (damaged, incomplete), if it did
+        self.resumed_from: Path | None = None  # the checkpoint file resume loaded
 
     # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -91,19 +99,54 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "lr_schedule": self.lr_schedule.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "rng": rng_state(),
+            "data": {"seed": self.config.seed, "next_step": self.step},
             "loss_sum": self._loss_sum,
             "loss_count": self._loss_count,
             "callbacks": {key: cb.state_dict() for key, cb in self._callback_keys()},
         }
 
     def save(self) -> Path:
+        """Write ``run_dir/checkpoint.pt`` (the one it replaces becomes ``checkpoint.prev.pt``). A failed
+        write (disk full, directory not writable) raises :class:`RunDirError` and leaves earlier ones."""
         path = self.run_dir / CHECKPOINT_NAME
-        save_checkpoint(path, self.state_dict())
+        bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:  # never let a diverged model replace a good checkpoint
+            raise TrainingDivergedError(
+                f"parameters became NaN or infinite by step {self.step} ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}); not checkpointed: {self._kept_checkpoint()}"
+            )
+        try:
+            save_checkpoint(path, self.state_dict(), keep_previous=True)
+        except OSError as error:
+            raise self._write_error(f"cannot write checkpoint {path}", error) from error
+        self.last_checkpoint_step = self.step
         return path
 
+    def _write_error(self, what: str, error: OSError) -> RunDirError:
+        """One clear message for an OS error while writing run state: what failed, at which step, and which
+        checkpoint is left to resume from."""
+        advice = "" if self.last_checkpoint_step is None else "; free space or fix permissions, then --resume"
+        reason = error.strerror or str(error)
+        return RunDirError(f"{what} at step {self.step}: {reason}; {self._kept_checkpoint()}{advice}")
+
+    def _kept_checkpoint(self) -> str:
+        if self.last_checkpoint_step is None:
+            return "no checkpoint was written before it"
+        latest = self.run_dir / CHECKPOINT_NAME
+        return (
+            f"the checkpoint of step {self.last_checkpoint_step} is intact ({latest}, "
+            f"{previous_path(latest).name})"
+        )
+
     def resume(self) -> None:
-        """Restore everything from ``run_dir/checkpoint.pt`` and drop metrics logged after it."""
-        state = load_checkpoint(self.run_dir / CHECKPOINT_NAME)
+        """Restore everything from the newest good checkpoint in ``run_dir`` (``checkpoint.pt``, else
+        ``checkpoint.prev.pt``, saying why on stderr) and drop metrics logged after it."""
+        state, used, notes = load_latest_checkpoint(self.run_dir / CHECKPOINT_NAME)
+        self.resume_notes = notes
+        self.resumed_from = used
+        for note in notes:
+            print(f"plprune: warning: {note}", file=sys.stderr)
         # callbacks first: a compacting pruner reshapes the model (and the optimizer's parameter lists) to
         # the checkpoint's shapes before the weights are loaded
         self._emit("on_resume_start")
@@ -117,7 +160,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         torch.set_rng_state(state["torch_rng"])
+        set_rng_state(state.get("rng", {}))  # absent in checkpoints written before it was added
         self.step = int(state["step"])
+        self.last_checkpoint_step = self.step
         self.elapsed = float(state["elapsed"])
         self._loss_sum = float(state["loss_sum"])
         self._loss_count = int(state["loss_count"])
@@ -152,7 +197,10 @@ class Trainer:
         record["wall_time"] = self.elapsed
         record["final"] = full
         self._emit("on_evaluate", record)
-        self.metrics.write(record)
+        try:
+            self.metrics.write(record)
+        except OSError as error:
+            raise self._write_error(f"cannot append to {self.metrics.path}", error) from error
         self.history.append(record)
         self._loss_sum, self._loss_count = 0.0, 0
         return record
@@ -163,7 +211,8 @@ class Trainer:
         loss = self.task.loss(self.model, batch)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
-                f"training loss became {float(loss)} at step {self.step + 1}; lower --lr or use --grad-clip"
+                f"training loss became {float(loss.detach())} at step {self.step + 1}; lower --lr or use "
+                f"--grad-clip ({self._kept_checkpoint()})"
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -192,6 +241,7 @@ class Trainer:
                 loss = self._train_step()
                 self.step += 1
                 self._emit("on_step_end", self.step)
+                kill_point("step-end")
                 self.elapsed += time.perf_counter() - started
                 self._loss_sum += loss
                 self._loss_count += 1

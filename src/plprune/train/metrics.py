@@ -15,12 +15,25 @@ def perplexity(mean_loss: float) -> float:
     return math.exp(min(mean_loss, 700.0))
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """All records of a JSONL file (empty list if it does not exist)."""
+def read_jsonl(path: Path, *, torn_tail: bool = False) -> list[dict[str, Any]]:
+    """All records of a JSONL file (empty list if it does not exist). ``torn_tail``: skip a last line that
+    is not valid JSON or lacks its newline (an append cut short by a crash)."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if torn_tail and lines and not text.endswith("\n"):
+        lines = lines[:-1]
+    records = []
+    for index, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if torn_tail and index == len(lines) - 1:
+                break
+            raise
+    return records
 
 
 class JsonlWriter:
@@ -34,6 +47,8 @@ class JsonlWriter:
             handle.write(json.dumps(record, sort_keys=False) + "\n")
 
     def truncate_after(self, step: int) -> None:
-        """Keep only non-final records with ``record['step'] <= step`` (used on resume), atomically."""
-        kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step and not r.get("final")]
+        """Keep only non-final records with ``record['step'] <= step`` (used on resume), atomically. A torn
+        last line (the process was killed while appending it) is dropped."""
+        records = read_jsonl(self.path, torn_tail=True)
+        kept = [r for r in records if r.get("step", 0) <= step and not r.get("final")]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
