@@ -1,7 +1,8 @@
 """Exact resume after SIGKILL: `plprune train` subprocesses killed during a checkpoint write, in the middle of
 a pruning event and between a checkpoint's rename and its checksum, then resumed with --resume, end with the
 masks, metrics and weights of an uninterrupted run, bit for bit. (benchmarks/kill_resume.py runs more trials,
-including kills at random times.)"""
+including kills at random times.) A process started on the uninterrupted run's --out at the same time is
+refused and leaves it intact (the bit-identical comparisons check it)."""
 
 from __future__ import annotations
 
@@ -61,11 +62,22 @@ def test_sigkilled_runs_resume_bit_identically(
         )
         for point in TRIALS
     }
-    assert main([*args, "--out", str(tmp_path / "reference")]) == 0  # uninterrupted, while those run
     reference = tmp_path / "reference"
+    # a second process on the reference's --out, started at the same time: it must refuse and spoil nothing
+    intruder = subprocess.Popen(
+        [sys.executable, "-m", "plprune.cli", *args, "--out", str(reference)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert main([*args, "--out", str(reference)]) == 0  # uninterrupted, while those run
     for point, process in killed.items():
         _, err = process.communicate(timeout=300)
         assert process.returncode == -signal.SIGKILL, (point, err.decode())
+    _, err = intruder.communicate(timeout=300)
+    assert intruder.returncode == 2 and err.count("\n") == 1 and err.startswith("plprune: error: "), err
+    assert "in use by another plprune process" in err or "already exists and is not empty" in err, err
     capsys.readouterr()
 
     for point, start_step in TRIALS.items():

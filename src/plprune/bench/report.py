@@ -10,6 +10,7 @@ saved); ablations (Tables 8-13) on the first seed.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -33,6 +34,7 @@ from plprune.bench.results import (
 from plprune.curvature import CONDITION_EPS
 from plprune.errors import PlpruneError
 from plprune.table import markdown_section
+from plprune.train.checkpoint import atomic_write_text
 
 WIKITEXT_NOTE = (
     "WikiText-2: trained on valid.txt, evaluated on test.txt (the training split is not available here)"
@@ -447,11 +449,13 @@ def write_report(out: Path) -> Path:
                         "nonzero_parameters": summary.get("nonzero_parameters"),
                     }
                 )
-    (out / "results.json").write_text(json.dumps(json_out, indent=2, default=str) + "\n", encoding="utf-8")
-    with (out / "results.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(csv_rows[0]))
-        writer.writeheader()
-        writer.writerows(csv_rows)
+    # atomically (temp file + rename): a killed report never leaves a half-written table
+    atomic_write_text(out / "results.json", json.dumps(json_out, indent=2, default=str) + "\n")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(csv_rows[0]))
+    writer.writeheader()
+    writer.writerows(csv_rows)
+    atomic_write_text(out / "results.csv", table.getvalue())
     path = out / "RESULTS.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines))
     return path
