@@ -400,7 +400,7 @@ def test_cli_trains_and_prunes_the_heads_of_a_hugging_face_bert(capsys, tmp_path
     assert event["groups"] == ["head:L0.0", "head:L0.1"] and event["pruned_ratio"] == {"head": 0.5}
     assert "before" in event and "after" in event  # diagnostics ran (inside exact_norms)
     pruned = event["mask"].index(False)
-    state = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    state = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
     rows = slice(8 * pruned, 8 * pruned + 8)
     assert float(state["hf.bert.encoder.layer.0.attention.self.query.weight"][rows].abs().sum()) == 0.0
     assert float(state["hf.bert.encoder.layer.0.attention.output.dense.weight"][:, rows].abs().sum()) == 0.0

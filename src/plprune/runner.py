@@ -168,7 +168,7 @@ def _lock_run_dir(out: Path, resume: bool) -> RunLock | None:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise RunDirError(f"cannot create output directory {out}: {error.strerror or error}") from error
+            raise RunDirError(f"cannot write to output directory {out}: {error.strerror or error}") from error
     if not out.is_dir():
         return None
     return RunLock(out).acquire()
