@@ -176,6 +176,26 @@ def test_disk_full_mid_run_keeps_the_earlier_checkpoints(
     assert resumed["steps"] == 24
 
 
+class _DieAtTheEnd(Callback):
+    def on_train_end(self, trainer):  # after the final checkpoint, before summary.json
+        raise KeyboardInterrupt
+
+
+def test_a_run_killed_after_its_final_checkpoint_resumes_to_the_same_final_record(
+    tiny_wikitext_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(tiny_wikitext_dir, steps=12, checkpoint_every=6)
+    full = train_run(config, tmp_path / "full", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, tmp_path / "killed", callbacks=[_DieAtTheEnd()], progress=False)
+    resumed = train_run(config, tmp_path / "killed", resume=True, progress=False)
+    drop = ("wall_time", "prune_seconds", "diagnostics_seconds")
+    assert {k: v for k, v in resumed["final"].items() if k not in drop} == {
+        k: v for k, v in full["final"].items() if k not in drop
+    }
+    assert [r["step"] for r in resumed["history"]] == [r["step"] for r in full["history"]]
+
+
 class _PoisonAt(Callback):
     def __init__(self, step: int) -> None:
         self.step = step

@@ -202,7 +202,8 @@ class Trainer:
         except OSError as error:
             raise self._write_error(f"cannot append to {self.metrics.path}", error) from error
         self.history.append(record)
-        self._loss_sum, self._loss_count = 0.0, 0
+        if not full:  # the final evaluation keeps them: the final checkpoint then holds the running loss,
+            self._loss_sum, self._loss_count = 0.0, 0  # and a run resumed from it reports the same record
         return record
 
     def _train_step(self) -> float:
