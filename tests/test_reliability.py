@@ -176,6 +176,25 @@ def test_disk_full_mid_run_keeps_the_earlier_checkpoints(
     assert resumed["steps"] == 24
 
 
+def test_an_unwritable_log_mid_run_is_one_clear_error(
+    tiny_wikitext_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tiny_config(tiny_wikitext_dir, checkpoint_every=4)  # evaluations at 6, 12, ...
+    original = JsonlWriter.write
+
+    def refuse_at_step_12(self: JsonlWriter, record: dict) -> None:
+        if record["step"] == 12:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        original(self, record)
+
+    monkeypatch.setattr(JsonlWriter, "write", refuse_at_step_12)
+    with pytest.raises(RunDirError) as error:
+        train_run(config, tmp_path / "run", progress=False)
+    message = str(error.value)
+    assert "metrics.jsonl at step 12: Permission denied; the checkpoint of step 8 is intact" in message
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 8
+
+
 class _DieAtTheEnd(Callback):
     def on_train_end(self, trainer):  # after the final checkpoint, before summary.json
         raise KeyboardInterrupt

@@ -209,5 +209,11 @@ def _train_locked(
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
-    atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    try:
+        atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    except OSError as error:
+        raise RunDirError(
+            f"cannot write {out / SUMMARY_NAME}: {error.strerror or error}; the final checkpoint is intact: "
+            "free space or fix permissions, then run the same command with --resume to write it"
+        ) from error
     return summary

@@ -253,6 +253,8 @@ class Trainer:
                     self.evaluate()
                 if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                     self.save()
+        except OSError as error:  # e.g. a pruner's log append on a full disk: one clear message, not a trace
+            raise self._write_error("I/O error while training", error) from error
         finally:
             if progress is not None:
                 progress.close()
