@@ -14,12 +14,13 @@ from plprune.errors import PlpruneError, RunDirError
 from plprune.gates import GroupSet
 from plprune.groups import WEIGHT_KIND
 from plprune.run_config import RunConfig, config_differences, save_config
-from plprune.tasks.registry import DEFAULT_KINDS, build_task
+from plprune.tasks.registry import DEFAULT_KINDS, TASKS, build_task
 from plprune.train.callbacks import Callback
 from plprune.train.checkpoint import atomic_write_text
 from plprune.train.loop import CHECKPOINT_NAME, METRICS_NAME, Trainer
 from plprune.train.metrics import read_jsonl
 from plprune.train.pruning import PRUNING_LOG
+from plprune.validation import check_choice
 
 CONFIG_NAME = "config.json"
 SUMMARY_NAME = "summary.json"
@@ -33,7 +34,12 @@ def prepare_run_dir(out: Path, config: RunConfig, resume: bool) -> Path:
             raise RunDirError(
                 f"--resume: {out} has no {CONFIG_NAME} and {CHECKPOINT_NAME}; nothing to resume"
             )
-        saved = json.loads((out / CONFIG_NAME).read_text(encoding="utf-8"))
+        try:
+            saved = json.loads((out / CONFIG_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:  # unreadable, not UTF-8, not JSON
+            raise RunDirError(f"--resume: {out / CONFIG_NAME} is unreadable ({error})") from error
+        if not isinstance(saved, dict):
+            raise RunDirError(f"--resume: {out / CONFIG_NAME} does not hold a config table; cannot resume")
         diff = config_differences(saved, json.loads(json.dumps(config.to_dict())))
         if diff:
             raise RunDirError(
@@ -145,6 +151,7 @@ def train_run(
 ) -> dict[str, Any]:
     """Train per ``config`` into ``out``; returns and writes ``summary.json`` (final metrics, wall time)."""
     out = Path(out)
+    check_choice("task", config.task, TASKS)  # before the run directory is touched
     fresh = not out.exists()
     out = prepare_run_dir(out, config, resume)
     try:
