@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import io
 import itertools
+import json
 import math
 import string
 import typing
@@ -31,6 +32,7 @@ from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from plprune import runner  # noqa: E402
+from plprune.bench import report  # noqa: E402
 from plprune.cli import build_parser, main  # noqa: E402
 from plprune.errors import PlpruneError  # noqa: E402
 from plprune.pruners.registry import METHODS, setting_flags  # noqa: E402
@@ -511,3 +513,55 @@ def test_export_of_a_run_with_a_garbled_config(content: bytes, tmp_path: Path) -
     before = tree_hashes(run)
     assert_one_error(*run_cli(["export", str(run)]))
     assert tree_hashes(run) == before
+
+
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(_TEXT, max_size=6)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(_TEXT, max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+JSON_BYTES = JSON_VALUES.map(lambda v: json.dumps(v).encode())
+_RECORD = {"step": 4, "epoch": 1.0, "train_ppl": 50.0, "test_ppl": 60.0, "delta_ppl": 10.0, "wall_time": 1.0}
+_SUMMARY = {"task": "bert-pydoc", "steps": 4, "method": "dense", "final": {**_RECORD, "final": True}}
+_SUMMARY |= {"history": [_RECORD], "pruning_events": []}
+# where a garbled value goes: a top-level entry of summary.json, or an entry of its final/first record
+_SPOTS = [(k,) for k in _SUMMARY] + [("final", k) for k in _RECORD] + [("history", 0, k) for k in _RECORD]
+
+
+@PROPERTY
+@given(
+    spot=st.sampled_from(_SPOTS),
+    value=JSON_VALUES,
+    suite=st.one_of(st.binary(max_size=20), JSON_BYTES),
+    config=st.one_of(st.none(), st.none(), st.binary(max_size=20), JSON_BYTES),
+)
+def test_report_of_garbled_results(spot: tuple, value: Any, suite: bytes, config: Any, tmp_path: Path):
+    """A results directory whose summary.json, config.json or suite.json a hand (or a bug) garbled: the
+    run is skipped with its reason, and the report is written from the others or refused in one line."""
+    summary = json.loads(json.dumps(_SUMMARY))
+    target = summary
+    for key in spot[:-1]:
+        target = target[key]
+    target[spot[-1]] = value
+    out = tmp_path / f"results-{next(_fresh)}"
+    run = out / "runs" / "bert-pydoc" / "dense-s0"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps(summary))
+    if config is None:
+        save_config(run / "config.json", RunConfig(task="bert-pydoc"))
+    else:
+        (run / "config.json").write_bytes(config)
+    (out / "suite.json").write_bytes(suite)
+    plots = ("plot_curvature", "plot_curves", "plot_kept_heatmap", "plot_time_to_target")
+    with contextlib.ExitStack() as stack:  # the tables are under test here, not matplotlib (slow)
+        for name in plots:
+            stack.enter_context(mock.patch.object(report, name, return_value=None))
+        code, err = run_cli(["report", str(out)])
+    assert "Traceback" not in err
+    event("report written" if code == 0 else "refused")
+    if code != 0:
+        assert_one_error(code, err, "no finished runs")
