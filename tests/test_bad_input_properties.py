@@ -491,6 +491,15 @@ def test_compare_rejects_bad_selections(data, guard: Path, tmp_path: Path) -> No
     assert_one_error(*run_cli(["compare", f"{args[0]}={args[1]}", "--out", str(guard)]))
 
 
+@settings(PROPERTY, max_examples=10)
+@given(steps=never_valid(int))
+def test_demo_rejects_bad_steps_and_an_existing_out(steps: str, guard: Path, tmp_path: Path) -> None:
+    out = fresh_out(tmp_path)
+    assert_one_error(*run_cli(["demo", f"--steps={steps}", "--out", str(out)]), "--steps", "steps")
+    assert not out.exists()
+    assert_one_error(*run_cli(["demo", "--out", str(guard)]), "already exists")
+
+
 def test_report_and_export_reject_bad_directories(guard: Path, tmp_path: Path) -> None:
     a_file = tmp_path / "file.txt"
     a_file.write_bytes(b"\xff\x00 binary")

@@ -278,6 +278,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from plprune.table import format_table
 
     out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # it would gain dense/ and pl/ runs
+        raise PlpruneError(f"{out} already exists and is not empty; give demo a new --out")
     base = RunConfig.from_dict(DEMO_CONFIG)
     if args.steps is not None:
         base = base.with_overrides({"train": {"steps": args.steps, "eval_every": max(1, args.steps // 4)}})
