@@ -35,9 +35,14 @@ from plprune import runner  # noqa: E402
 from plprune.bench import report  # noqa: E402
 from plprune.cli import build_parser, main  # noqa: E402
 from plprune.errors import PlpruneError  # noqa: E402
+from plprune.groups import WEIGHT_KIND  # noqa: E402
+from plprune.keep import ALLOCATIONS  # noqa: E402
+from plprune.pruners.registration import ALL_KINDS  # noqa: E402
 from plprune.pruners.registry import METHODS, setting_flags  # noqa: E402
-from plprune.run_config import DataConfig, ModelConfig, PruneConfig, RunConfig, save_config  # noqa: E402
-from plprune.train.config import TrainConfig  # noqa: E402
+from plprune.run_config import TOKENIZERS, DataConfig, ModelConfig, PruneConfig, RunConfig, save_config  # noqa: E402
+from plprune.schedules import SCHEDULES  # noqa: E402
+from plprune.tasks.registry import TASKS  # noqa: E402
+from plprune.train.config import OPTIMIZERS, TrainConfig  # noqa: E402
 from plprune.validation import _matches  # noqa: E402
 
 PROPERTY = settings(
@@ -126,16 +131,15 @@ NUMERIC_FLAGS = [
     for action in _train_parser()._actions
     if action.type in (int, float)
 ]
-CHOICE_FLAGS = ["--method", "--task", "--kinds", "--schedule", "--optimizer", "--tokenizer", "--allocation"]
+
 CHOICES = {
     "--method": set(METHODS),
-    "--task": {"bert-wikitext2", "bert-pydoc", "switch-wikitext2", "switch-pydoc", "vgg-mnist1d"}
-    | {"resnet-mnist1d", "vgg-digits", "hf-bert-wikitext2", "hf-bert-pydoc"},
-    "--kinds": {"head", "expert", "filter", "weight"},
-    "--schedule": {"one-shot", "at-init", "linear", "iterative"},
-    "--optimizer": {"adamw", "sgd"},
-    "--tokenizer": {"word", "bpe"},
-    "--allocation": {"global", "per_layer"},
+    "--task": set(TASKS),
+    "--kinds": {*ALL_KINDS, WEIGHT_KIND},
+    "--schedule": set(SCHEDULES),
+    "--optimizer": set(OPTIMIZERS),
+    "--tokenizer": set(TOKENIZERS),
+    "--allocation": set(ALLOCATIONS),
 }
 # (section, config class) of every config-file table; each method's settings are [prune.METHOD]
 SECTIONS: list[tuple[str, type]] = [
@@ -273,7 +277,7 @@ def test_odd_but_plausible_settings_never_crash_the_setup(data, tmp_path: Path) 
 @PROPERTY
 @given(data=st.data())
 def test_unknown_choices_are_named(data, guard: Path, tmp_path: Path) -> None:
-    flag = data.draw(st.sampled_from(CHOICE_FLAGS), label="flag")
+    flag = data.draw(st.sampled_from(sorted(CHOICES)), label="flag")
     name = st.text(st.sampled_from(string.ascii_letters + string.digits + "-_."), min_size=1, max_size=12)
     if flag == "--kinds":  # a comma list with at least one unknown kind
         names = data.draw(st.lists(st.one_of(name, st.sampled_from(sorted(CHOICES[flag]))), min_size=1))
