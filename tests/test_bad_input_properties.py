@@ -363,8 +363,10 @@ def test_non_utf8_config(text: str, position: int, guard: Path, tmp_path: Path) 
 
 
 def _invalid_toml(text: str) -> bool:
-    import tomllib
-
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
     try:
         tomllib.loads(text)
     except tomllib.TOMLDecodeError:
