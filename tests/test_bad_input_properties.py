@@ -328,14 +328,17 @@ _SCALARS = st.one_of(
     st.floats(),
     st.booleans(),
 )
-TOML_VALUES = st.recursive(
-    _SCALARS,
-    lambda inner: st.one_of(
+
+
+def _containers(inner: st.SearchStrategy) -> st.SearchStrategy:
+    """Arrays and tables of ``inner`` values (the recursive step of TOML and JSON values)."""
+    return st.one_of(
         st.lists(inner, max_size=3),
         st.dictionaries(st.text(_TEXT, min_size=1, max_size=5), inner, max_size=3),
-    ),
-    max_leaves=6,
-)
+    )
+
+
+TOML_VALUES = st.recursive(_SCALARS, _containers, max_leaves=6)
 
 
 def run_with_config(tmp_path: Path, out: Path, content: bytes) -> tuple[int, str]:
@@ -532,9 +535,7 @@ def test_export_of_a_run_with_a_garbled_config(content: bytes, tmp_path: Path) -
 
 JSON_VALUES = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(_TEXT, max_size=6)),
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=3), st.dictionaries(st.text(_TEXT, max_size=8), inner, max_size=3)
-    ),
+    _containers,
     max_leaves=8,
 )
 
