@@ -293,6 +293,23 @@ def test_unknown_choices_are_named(data, guard: Path, tmp_path: Path) -> None:
     assert out == guard or not out.exists()
 
 
+# every other option of plprune train that takes a value (names, times, paths, lists); not --out
+TEXT_FLAGS = [
+    action.option_strings[0]
+    for action in _train_parser()._actions
+    if action.option_strings and action.nargs != 0 and action.type not in (int, float)
+    and action.option_strings[0] not in ("--out", "--help")
+]
+
+
+@settings(PROPERTY, max_examples=80)
+@given(flag=st.sampled_from(TEXT_FLAGS), value=st.text(_TEXT, max_size=16))
+def test_any_text_for_any_other_flag(flag: str, value: str, guard: Path) -> None:
+    # a valid value leaves one complaint: the existing run directory (never touched)
+    code, err = run_cli(["train", f"{flag}={value}", "--out", str(guard), "--no-progress"])
+    assert_one_error(code, err)
+
+
 # -- config files -------------------------------------------------------------------------------------------
 
 
