@@ -263,7 +263,7 @@ def test_switch_task_prunes_experts_and_heads_with_kind_ratios(
         "--experts",
         "1",
     )
-    assert code == 2 and "num_experts" in err
+    assert code == 2 and "experts must be an integer >= 2" in err
     code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "bad2"), "--kind-ratios", "head:0.5")
     assert code == 2 and "KIND=RATIO" in err
 

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from plprune.errors import PlpruneError
 from plprune.run_config import RunConfig, deep_merge, read_config_file
@@ -35,6 +35,13 @@ def _kind_ratios(text: str) -> dict[str, float]:
                 f"expected KIND=RATIO[,KIND=RATIO...], e.g. head=0.5,expert=0.5; got {text!r}"
             )
     return ratios
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with plprune's error format: one ``plprune: error: ...`` line (no usage block), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"plprune: error: {message} (see '{self.prog} --help')\n")
 
 
 # flag -> (config section, field, type, help)
@@ -164,7 +171,8 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 
     raw = read_config_file(args.config) if args.config else {}
     task = args.task or raw.get("task") or RunConfig().task
-    config = RunConfig.from_dict(deep_merge({"task": task, **TASK_DEFAULTS.get(task, {})}, raw))
+    defaults = TASK_DEFAULTS.get(task, {}) if isinstance(task, str) else {}  # a bad task: from_dict says so
+    config = RunConfig.from_dict(deep_merge({"task": task, **defaults}, raw))
     overrides: dict[str, Any] = {}
     for _flag, section, field, _kind, _text in _RUN_FLAGS:
         value = getattr(args, field)
@@ -174,11 +182,11 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         overrides.setdefault("prune", {})["method"] = args.method
     from plprune.pruners.registry import setting_flags
 
+    method = overrides.get("prune", {}).get("method", config.prune.method)
     for setting in setting_flags():
         value = getattr(args, f"setting_{setting.field}")
         if value is not None:
-            for method in setting.methods:
-                overrides.setdefault(method, {})[setting.field] = value
+            overrides.setdefault(_setting_method(setting, method), {})[setting.field] = value
     if args.pre_layer_norm is not None:
         overrides.setdefault("model", {})["pre_layer_norm"] = True
     if args.compact is not None:
@@ -188,6 +196,19 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     if getattr(args, "deterministic", None) is not None:
         overrides.setdefault("train", {})["deterministic"] = True
     return config.with_overrides(overrides)
+
+
+def _setting_method(setting: Any, method: str) -> str:
+    """The method a settings flag sets: the run's own; a flag of another method is an error, not ignored."""
+    from plprune.pruners.registry import get_method
+
+    get_method(method)  # an unknown --method: say that first
+    if method not in setting.methods:
+        raise PlpruneError(
+            f"{setting.flag} is a setting of {', '.join(setting.methods)}, not of method {method!r} "
+            "(choose the method with --method or drop the flag)"
+        )
+    return method
 
 
 # (metric key, column title): the columns of the metrics table that a run's records have
@@ -266,6 +287,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from plprune.table import format_table
 
     out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # it would gain dense/ and pl/ runs
+        raise PlpruneError(f"{out} already exists and is not empty; give demo a new --out")
     base = RunConfig.from_dict(DEMO_CONFIG)
     if args.steps is not None:
         base = base.with_overrides({"train": {"steps": args.steps, "eval_every": max(1, args.steps // 4)}})
@@ -307,6 +330,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise PlpruneError("compare needs --out DIR (new, or the same DIR to resume an interrupted suite)")
     if args.workers < 1:
         raise PlpruneError(f"--workers must be >= 1, got {args.workers}")
+    if (args.out / "config.json").is_file() and not (args.out / "suite.json").is_file():
+        raise PlpruneError(f"{args.out} is a plprune train run directory; give compare an --out of its own")
     tasks = [t for chunk in args.tasks or [] for t in _names(chunk)]
     methods = [m for chunk in args.methods or [] for m in _names(chunk)]
     data_dir = args.data_dir or os.environ.get("PLPRUNE_DATA_DIR")
@@ -387,7 +412,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="plprune",
         description="Structured pruning during training with the Polyak-Łojasiewicz condition (ICLR 2023).",
     )
@@ -489,8 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except PlpruneError as error:
-        print(f"plprune: error: {error}", file=sys.stderr)
+    except PlpruneError as error:  # one line, whatever the message holds (e.g. a library's own text)
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"plprune: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("plprune: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)

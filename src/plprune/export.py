@@ -839,7 +839,7 @@ def model_from_run(run_dir: str | os.PathLike) -> tuple[nn.Module, GroupSet | No
         raise RunDirError(f"{run_dir} is not a plprune run directory: no {CONFIG_NAME}")
     try:
         config = RunConfig.from_dict(json.loads((run_dir / CONFIG_NAME).read_text(encoding="utf-8")))
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RunDirError(f"{run_dir / CONFIG_NAME} is unreadable: {error}") from error
     checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
     state = checkpoint.get("model")

@@ -15,13 +15,19 @@ from typing import Any
 from plprune.errors import PlpruneError
 from plprune.train.config import TrainConfig
 from plprune.validation import (
+    check_bool,
     check_choice,
+    check_field_types,
+    check_non_negative_float,
     check_non_negative_int,
+    check_positive_float,
     check_positive_int,
     check_probability,
+    check_text,
 )
 
 TOKENIZERS = ("word", "bpe")
+MAX_WIDTH_MULTIPLIER = 16.0
 
 
 @dataclass
@@ -45,6 +51,10 @@ class DataConfig:
     train_fraction: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.data_dir is not None:
+            check_text("data_dir", self.data_dir)
+        check_text("train_file", self.train_file)
+        check_text("test_file", self.test_file)
         check_choice("tokenizer", self.tokenizer, TOKENIZERS)
         check_positive_int("min_freq", self.min_freq)
         check_positive_int("bpe_vocab_size", self.bpe_vocab_size)
@@ -77,8 +87,20 @@ class ModelConfig:
         for name in ("layers", "hidden", "heads", "ffn"):
             check_positive_int(name, getattr(self, name))
         check_probability("dropout", self.dropout)
+        check_bool("pre_layer_norm", self.pre_layer_norm)
+        check_positive_int("experts", self.experts)
+        if self.experts < 2:
+            raise PlpruneError(f"experts must be an integer >= 2 (a mixture needs two), got {self.experts!r}")
+        check_positive_float("capacity_factor", self.capacity_factor)
+        check_non_negative_float("aux_loss_weight", self.aux_loss_weight)
         if self.expert_ffn is not None:
             check_positive_int("expert_ffn", self.expert_ffn)
+        check_positive_float("width_multiplier", self.width_multiplier)
+        if self.width_multiplier > MAX_WIDTH_MULTIPLIER:  # x16 of VGG-16 is already ~4e9 parameters
+            raise PlpruneError(
+                f"width_multiplier must lie in (0, {MAX_WIDTH_MULTIPLIER}], got {self.width_multiplier!r}"
+            )
+        check_positive_int("depth", self.depth)
         if self.hidden % self.heads:
             raise PlpruneError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
 
@@ -103,9 +125,9 @@ class PruneConfig:
     method: str = "dense"
     ratio: float = 0.75
     schedule: str = "one-shot"
-    prune_at: str = "5e"
-    prune_end: str | None = None
-    prune_every: str | None = None
+    prune_at: str | int = "5e"
+    prune_end: str | int | None = None
+    prune_every: str | int | None = None
     rounds: int = 3
     kinds: tuple[str, ...] | None = None
     kind_ratios: dict[str, float] | None = None
@@ -118,11 +140,17 @@ class PruneConfig:
     def __post_init__(self) -> None:
         from plprune.groups import check_kinds, check_prune_kinds
         from plprune.keep import ALLOCATIONS
-        from plprune.pruners.registry import get_method, method_settings
-        from plprune.schedules import SCHEDULES
+        from plprune.pruners.registry import METHOD_NAMES as METHODS
+        from plprune.pruners.registry import method_settings
+        from plprune.schedules import SCHEDULES, check_time
 
-        get_method(self.method)
+        check_choice("method", self.method, METHODS)
         check_choice("schedule", self.schedule, SCHEDULES)
+        for name in ("prune_at", "prune_end", "prune_every"):
+            if getattr(self, name) is not None:
+                check_time(name, getattr(self, name))
+        for name in ("diagnostics", "compact"):
+            check_bool(name, getattr(self, name))
         check_probability("prune ratio", self.ratio)
         check_positive_int("rounds", self.rounds)
         check_non_negative_int("curvature_every", self.curvature_every)
@@ -166,6 +194,7 @@ class PruneConfig:
         for name, table in tables.items():
             if not isinstance(table, dict):
                 raise PlpruneError(f"[prune.{name}] must be a table of settings, got {type(table).__name__}")
+        check_field_types("prune", cls, {k: v for k, v in values.items() if k in general})
         try:
             return cls(**{k: v for k, v in values.items() if k in general}, settings=tables)
         except TypeError as error:
@@ -189,11 +218,14 @@ class RunConfig:
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
         """Build from nested dicts (a TOML file or a saved config.json); unknown keys are errors."""
         sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "prune": PruneConfig}
+        if not isinstance(raw, dict):
+            raise PlpruneError(f"a config must be a table of sections, got {type(raw).__name__}")
         unknown = set(raw) - {"task", *sections}
         if unknown:
             raise PlpruneError(f"unknown config keys {sorted(unknown)}; allowed: task, {', '.join(sections)}")
         kwargs: dict[str, Any] = {}
         if "task" in raw:
+            check_field_types("top level", cls, {"task": raw["task"]})
             kwargs["task"] = raw["task"]
         for name, klass in sections.items():
             values = raw.get(name, {})
@@ -206,6 +238,7 @@ class RunConfig:
             bad = set(values) - allowed
             if bad:
                 raise PlpruneError(f"unknown keys in [{name}]: {sorted(bad)}; allowed: {sorted(allowed)}")
+            check_field_types(name, klass, values)
             try:
                 kwargs[name] = klass(**values)
             except TypeError as error:
@@ -242,16 +275,25 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def read_config_file(path: Path) -> dict[str, Any]:
     """The raw tables of a TOML config file (validated later by :meth:`RunConfig.from_dict`)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise PlpruneError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise PlpruneError(f"config file {path} is not a file (a TOML file is expected)")
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+    except UnicodeDecodeError as error:
+        raise PlpruneError(
+            f"config file {path} is not UTF-8 text (byte offset {error.start}: {error.reason}); "
+            "a TOML file is expected"
+        ) from error
+    except tomllib.TOMLDecodeError as error:
         raise PlpruneError(f"config file {path} is not valid TOML: {error}") from error
+    except OSError as error:
+        raise PlpruneError(f"cannot read config file {path}: {error.strerror or error}") from error
     return raw
 
 

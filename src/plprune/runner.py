@@ -15,13 +15,14 @@ from plprune.gates import GroupSet
 from plprune.groups import WEIGHT_KIND
 from plprune.run_config import RunConfig, config_differences, normalised_saved_config, save_config
 from plprune.seeding import deterministic_mode
-from plprune.tasks.registry import DEFAULT_KINDS, build_task
+from plprune.tasks.registry import DEFAULT_KINDS, TASKS, build_task
 from plprune.train.callbacks import Callback
 from plprune.train.checkpoint import atomic_write_text, checkpoint_exists, remove_temp_files
 from plprune.train.loop import CHECKPOINT_NAME, METRICS_NAME, Trainer
 from plprune.train.metrics import read_jsonl
 from plprune.train.pruning import PRUNING_LOG
 from plprune.train.run_lock import LOCK_NAME, RunLock
+from plprune.validation import check_choice
 
 CONFIG_NAME = "config.json"
 SUMMARY_NAME = "summary.json"
@@ -35,7 +36,13 @@ def prepare_run_dir(out: Path, config: RunConfig, resume: bool) -> Path:
             raise RunDirError(
                 f"--resume: {out} has no {CONFIG_NAME} and {CHECKPOINT_NAME}; nothing to resume"
             )
-        saved = normalised_saved_config(json.loads((out / CONFIG_NAME).read_text(encoding="utf-8")))
+        try:
+            saved = json.loads((out / CONFIG_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:  # unreadable, not UTF-8, not JSON
+            raise RunDirError(f"--resume: {out / CONFIG_NAME} is unreadable ({error})") from error
+        if not isinstance(saved, dict):
+            raise RunDirError(f"--resume: {out / CONFIG_NAME} does not hold a config table; cannot resume")
+        saved = normalised_saved_config(saved)
         diff = config_differences(saved, json.loads(json.dumps(config.to_dict())))
         if diff:
             raise RunDirError(
@@ -151,6 +158,7 @@ def train_run(
     process on the same ``out`` is refused. ``config.train.deterministic`` switches every determinism knob
     on for the run (:func:`~plprune.seeding.deterministic_mode`)."""
     out = Path(out)
+    check_choice("task", config.task, TASKS)  # before the run directory is touched
     fresh = not out.exists()
     lock = _lock_run_dir(out, resume)
     try:

@@ -127,6 +127,18 @@ def parse_time(text: str | int | float, steps_per_epoch: int) -> int:
     return int(value)
 
 
+def check_time(name: str, value: str | int) -> str | int:
+    """Return ``value`` if :func:`parse_time` can read it (checked before a run starts), else raise naming
+    the setting ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise PlpruneError(f"{name} must be steps (e.g. 800) or epochs (e.g. 5e), got {value!r}")
+    try:
+        parse_time(value, 1)
+    except PlpruneError as error:
+        raise PlpruneError(f"{name}: {error}") from error
+    return value
+
+
 SCHEDULES = ("one-shot", "at-init", "linear", "iterative")
 
 

@@ -33,6 +33,7 @@ from plprune.bench.results import (
 )
 from plprune.curvature import CONDITION_EPS
 from plprune.errors import PlpruneError
+from plprune.run_config import RunConfig
 from plprune.table import markdown_section
 from plprune.train.checkpoint import atomic_write_text
 
@@ -346,8 +347,11 @@ def write_report(out: Path) -> Path:
     if suite_path.is_file():
         try:
             suite = json.loads(suite_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, ValueError) as error:  # unreadable, not UTF-8, not JSON
             print(f"skipping {suite_path}: {error}")
+        if not isinstance(suite, dict):
+            print(f"skipping {suite_path}: not a table")
+            suite = {}
     lines = [
         f"# plprune comparison: {suite.get('suite', out.name)}",
         "",
@@ -381,7 +385,9 @@ def write_report(out: Path) -> Path:
         config_path = (
             out / "runs" / task / f"{main[0] if main else ablations[0]}-s{min(runs[(main or ablations)[0]])}"
         )
-        config = json.loads((config_path / "config.json").read_text(encoding="utf-8"))
+        # load_results checked it; from_dict fills in what an older or hand-written config.json leaves out
+        config = RunConfig.from_dict(json.loads((config_path / "config.json").read_text(encoding="utf-8")))
+        config = config.to_dict()
         lines += [f"## {task}", "", f"Data: {_data_note(config)}.  "]
         lines += [
             f"Model: {_model_note(config)}.  ",

@@ -47,13 +47,63 @@ def load_results(out: Path) -> LoadedResults:
             continue
         try:
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
-            if not isinstance(summary, dict) or "final" not in summary or "history" not in summary:
-                raise ValueError("no 'final' and 'history' entries")
-        except (OSError, ValueError) as error:  # JSONDecodeError is a ValueError
+            problem = summary_problem(summary) or _config_problem(run_dir / "config.json")
+            if problem:
+                raise ValueError(problem)
+        except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             loaded.skipped.append(f"{summary_path}: {error}")
             continue
         loaded.tasks.setdefault(task, {}).setdefault(variant, {})[int(seed_text)] = summary
     return loaded
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float))  # bools too: records hold ``"final": true``
+
+
+def _record_problem(record: Any, where: str) -> str | None:
+    if not isinstance(record, dict):
+        return f"{where} is not a table"
+    if isinstance(record.get("step"), bool) or not isinstance(record.get("step"), int):
+        return f"{where} has no integer 'step'"
+    bad = [k for k, v in record.items() if v is not None and not _is_number(v)]
+    return f"{where} has non-numeric {bad}" if bad else None
+
+
+def summary_problem(summary: Any) -> str | None:
+    """What makes ``summary`` unlike a ``summary.json`` of ``plprune train`` (``None``: nothing), checked
+    before the report computes with it: numeric records with integer steps, a final test metric."""
+    if not isinstance(summary, dict) or not isinstance(summary.get("final"), dict):
+        return "no 'final' table"
+    if not isinstance(summary.get("history"), list):
+        return "no 'history' list"
+    if isinstance(summary.get("steps"), bool) or not isinstance(summary.get("steps"), int):
+        return "no integer 'steps'"
+    final = summary["final"]
+    if not any(_is_number(final.get(k)) for k in ("test_ppl", "test_accuracy")):
+        return "the final record has no test_ppl or test_accuracy"
+    if not _is_number(final.get("wall_time")):
+        return "the final record has no wall_time"
+    for index, record in enumerate([final, *summary["history"]]):
+        problem = _record_problem(record, "the final record" if index == 0 else f"history record {index}")
+        if problem:
+            return problem
+    events = summary.get("pruning_events", [])
+    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+        return "'pruning_events' is not a list of tables"
+    return None
+
+
+def _config_problem(path: Path) -> str | None:
+    from plprune.errors import PlpruneError
+    from plprune.run_config import RunConfig
+
+    try:
+        RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as error:  # PlpruneError is a ValueError
+        reason = error if isinstance(error, PlpruneError) else f"unreadable ({error})"
+        return f"its config.json is not a run config: {reason}"
+    return None
 
 
 def mean_std(values: list[float | None]) -> tuple[float, float]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from plprune.errors import PlpruneError
 from plprune.pruners.registry import METHOD_NAMES, check_method_kinds, get_method
-from plprune.run_config import deep_merge
+from plprune.run_config import RunConfig, deep_merge
 
 _PL_SMALL = {"gate_steps": 5, "feature_samples": 8}
 
@@ -306,6 +306,7 @@ def plan_suite(
             ]
         for variant, seed in variants:
             config = variant_config(plan, variant, seed, data_dir, suite.curvature_methods)
+            RunConfig.from_dict(config)  # a bad seed (or setting) fails here, before anything is written
             jobs.append(
                 Job(plan.name, variant, seed, config, out / "runs" / plan.name / f"{variant}-s{seed}")
             )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plprune.errors import PlpruneError
+from plprune.validation import check_field_types
 
 ALL_KINDS = ("head", "expert", "filter")
 
@@ -53,10 +54,14 @@ class MethodSpec:
             raise PlpruneError(
                 f"unknown settings for method {self.name!r}: {sorted(unknown)}; allowed: {sorted(allowed)}"
             )
+        check_field_types(f"prune.{self.name}", self.config, values or {})
         try:
             return self.config(**(values or {}))
         except TypeError as error:
             raise PlpruneError(f"invalid settings for method {self.name!r}: {error}") from error
+        except PlpruneError as error:  # name the settings given: the check may call them differently
+            given = ", ".join(f"{k}={v!r}" for k, v in sorted((values or {}).items()))
+            raise PlpruneError(f"invalid settings for method {self.name!r} ({given}): {error}") from error
 
 
 METHODS: dict[str, MethodSpec] = {}

@@ -108,9 +108,15 @@ class WeightRewinder(PrunerPlugin):
 class IMPConfig:
     """IMP's settings: when to rewind to (steps ``800`` or epochs ``"0.5e"``; default 5% of training)."""
 
-    rewind_at: str | None = field(
+    rewind_at: str | int | None = field(
         default=None, metadata={"help": "rewinding time, steps or epochs (default 5%% of the steps)"}
     )
+
+    def __post_init__(self) -> None:
+        from plprune.schedules import check_time
+
+        if self.rewind_at is not None:
+            check_time("rewind_at", self.rewind_at)
 
 
 @register_method(
