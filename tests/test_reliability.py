@@ -145,7 +145,9 @@ def test_train_refuses_a_run_dir_that_another_process_holds(
         assert main(argv) == 2
         assert main([*argv, "--resume"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 2 and all(line.startswith("plprune: error: ") and "in use" in line for line in lines)
+    assert len(lines) == 2 and all(line.startswith("plprune: error: ") for line in lines)
+    assert "in use" in lines[0]
+    assert "nothing to resume" in lines[1]  # the read-only check refuses before the lock is asked for
     assert [p.name for p in out.iterdir()] == [".lock"]  # nothing written by the refused runs
 
 

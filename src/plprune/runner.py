@@ -28,8 +28,10 @@ CONFIG_NAME = "config.json"
 SUMMARY_NAME = "summary.json"
 
 
-def prepare_run_dir(out: Path, config: RunConfig, resume: bool) -> Path:
-    """Create (or, with ``resume``, validate) the run directory; never overwrite an existing run."""
+def check_run_dir(out: Path, config: RunConfig, resume: bool) -> None:
+    """Refuse, reading only, a run directory that :func:`prepare_run_dir` would refuse: an existing non-empty
+    one without ``resume``; with ``resume`` one with nothing to resume or a different config. Called before
+    the lock is taken, so a refused command leaves an existing directory byte-identical."""
     out = Path(out)
     if resume:
         if not (out / CONFIG_NAME).is_file() or not checkpoint_exists(out / CHECKPOINT_NAME):
@@ -49,11 +51,19 @@ def prepare_run_dir(out: Path, config: RunConfig, resume: bool) -> Path:
                 f"--resume: the requested config differs from the one {out} was started with "
                 f"(saved -> requested): {'; '.join(diff)}"
             )
-        return out
+        return
     if out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())):
         raise RunDirError(
             f"{out} already exists and is not empty; pass --resume to continue it, or pick a new --out"
         )
+
+
+def prepare_run_dir(out: Path, config: RunConfig, resume: bool) -> Path:
+    """Create (or, with ``resume``, validate) the run directory; never overwrite an existing run."""
+    out = Path(out)
+    check_run_dir(out, config, resume)
+    if resume:
+        return out
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -160,6 +170,8 @@ def train_run(
     out = Path(out)
     check_choice("task", config.task, TASKS)  # before the run directory is touched
     fresh = not out.exists()
+    if not fresh or resume:
+        check_run_dir(out, config, resume)  # a refusal creates no lock file in someone's run directory
     lock = _lock_run_dir(out, resume)
     try:
         with deterministic_mode(config.train.deterministic, config.train.seed):
