@@ -214,6 +214,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise PlpruneError("train needs --out RUN_DIR (a new directory, or an existing one with --resume)")
     config = resolve_config(args)
     summary = train_run(config, args.out, resume=args.resume, progress=not args.no_progress)
+    from plprune.distributed import is_main
+
+    if not is_main():  # torchrun: rank 0 reports
+        return 0
     print(_history_table(summary["history"]))
     final = summary["final"]
     headline = (

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+import plprune.distributed as dist
 from plprune.errors import PlpruneError, RunDirError
 from plprune.gates import GroupSet
 from plprune.groups import WEIGHT_KIND
@@ -143,19 +144,29 @@ def train_run(
     callbacks: list[Callback] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train per ``config`` into ``out``; returns and writes ``summary.json`` (final metrics, wall time)."""
+    """Train per ``config`` into ``out``; returns and writes ``summary.json`` (final metrics, wall time).
+
+    Under ``torchrun`` (docs/distributed.md) each rank trains on its shard of every global batch with
+    DDP-averaged gradients; rank 0 creates the run directory and writes every file."""
     out = Path(out)
+    dist.init_from_env()  # torchrun: join the process group (gloo); alone: nothing
+    if dist.active() and config.prune.compact:
+        raise PlpruneError("compact is not supported under torchrun yet: compact a finished run (export)")
     fresh = not out.exists()
-    out = prepare_run_dir(out, config, resume)
+    out = dist.run_on_main(lambda: prepare_run_dir(out, config, resume))  # the others get rank 0's answer
     try:
-        model, task = build_task(config, out)
+        model, task = dist.main_first(lambda: build_task(config, out))  # rank 0 writes the tokenizer first
         pruning = build_pruning_callbacks(config, model, task.steps_per_epoch, task.train_batch(0)[0])
     except Exception:
-        if fresh:  # a setup error (bad data, bad schedule) leaves nothing behind
+        if fresh and dist.is_main():  # a setup error (bad data, bad schedule) leaves nothing behind
             shutil.rmtree(out, ignore_errors=True)
         raise
     callbacks = [*pruning, *(callbacks or [])]
-    trainer = Trainer(model, task, config.train, out, callbacks, progress=progress)
+    progress = progress and dist.is_main()
+    trainer = Trainer(model, dist.shard_task(task), config.train, out, callbacks, progress=progress)
+    # the model itself alone; a mixture of experts may route no token to some expert in a step
+    moe = "expert" in DEFAULT_KINDS[config.task]
+    trainer.train_model = dist.wrap_ddp(model, find_unused_parameters=moe)
     if resume:
         trainer.resume()
     final = trainer.fit()
@@ -171,5 +182,8 @@ def train_run(
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
-    atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    summary["world_size"] = dist.world_size()
+    if dist.is_main():
+        atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    dist.barrier()
     return summary

@@ -4,6 +4,10 @@ Exact resume: the data order and masking of step s depend only on (seed, s) (see
 checkpoint stores model, optimizer, LR schedule, the global torch RNG (dropout), the running loss
 accumulators and every callback's state. Resuming from step s therefore replays steps s+1, ... with
 bit-identical numbers on CPU.
+
+Under ``torchrun`` (docs/distributed.md) every rank runs this loop on its shard of each batch, through
+``train_model`` (the runner sets a ``DistributedDataParallel`` wrapper there); rank 0 alone evaluates,
+writes metrics and checkpoints, and hands its evaluation record to the other ranks.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import plprune.distributed as dist
 from plprune.errors import RunDirError, TrainingDivergedError
 from plprune.task import Task
 from plprune.train.callbacks import Callback
@@ -68,6 +73,7 @@ class Trainer:
         progress: bool = True,
     ) -> None:
         self.model = model
+        self.train_model: nn.Module = model  # what training steps call: a DDP wrapper under torchrun
         self.task = task
         self.config = config
         self.run_dir = Path(run_dir)
@@ -98,7 +104,8 @@ class Trainer:
 
     def save(self) -> Path:
         path = self.run_dir / CHECKPOINT_NAME
-        save_checkpoint(path, self.state_dict())
+        if dist.is_main():  # every rank holds the same state: rank 0 writes it, once
+            save_checkpoint(path, self.state_dict())
         return path
 
     def resume(self) -> None:
@@ -121,7 +128,8 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
         self._loss_sum = float(state["loss_sum"])
         self._loss_count = int(state["loss_count"])
-        self.metrics.truncate_after(self.step)
+        if dist.is_main():
+            self.metrics.truncate_after(self.step)
 
     def _callback_keys(self) -> list[tuple[str, Callback]]:
         """Stable names for callback states: class name plus occurrence number."""
@@ -140,6 +148,9 @@ class Trainer:
 
     def evaluate(self, *, full: bool = False) -> dict[str, Any]:
         """Evaluate now and log a record (step, epoch, train loss/PPL, test PPL, ΔPPL, lr, wall time)."""
+        self._loss_sum = dist.mean_over_ranks(self._loss_sum)  # the ranks' shard losses: the global batch's
+        if not dist.is_main():
+            return self._record_from_main()
         train_loss = self._loss_sum / self._loss_count if self._loss_count else float("nan")
         record: dict[str, Any] = {
             "step": self.step,
@@ -155,12 +166,19 @@ class Trainer:
         self.metrics.write(record)
         self.history.append(record)
         self._loss_sum, self._loss_count = 0.0, 0
+        dist.broadcast_object(record)
+        return record
+
+    def _record_from_main(self) -> dict[str, Any]:
+        record = dist.broadcast_object(None)
+        self.history.append(record)
+        self._loss_sum, self._loss_count = 0.0, 0
         return record
 
     def _train_step(self) -> float:
         self.model.train()
         batch = self.task.train_batch(self.step)
-        loss = self.task.loss(self.model, batch)
+        loss = self.task.loss(self.train_model, batch)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"training loss became {float(loss)} at step {self.step + 1}; lower --lr or use --grad-clip"
