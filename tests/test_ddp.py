@@ -277,6 +277,52 @@ def test_pruner_in_a_users_ddp_loop_agrees_across_ranks_and_with_one_process(tmp
     torch.testing.assert_close(got["weights"], weights, rtol=1e-5, atol=1e-6)
 
 
+class TokenTask:
+    """A token-weighted loss (like MLM's): the mean of w·x² over the unmasked-out tokens of the batch."""
+
+    name, steps_per_epoch = "tokens", 1
+
+    def train_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(step)
+        x = torch.randn(8, 5, generator=gen, dtype=torch.float64)
+        keep = torch.rand(8, 5, generator=gen) < torch.linspace(0.1, 0.9, 8).unsqueeze(1)  # uneven counts
+        keep[:, 0] = True
+        return x, torch.where(keep, 1, -100)
+
+    def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, labels = batch
+        return model.weight.sum() * (x[labels != -100] ** 2).mean()
+
+    def loss_units(self, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+        return int((batch[1] != -100).sum())
+
+
+def test_sharded_losses_average_to_the_global_batch_loss() -> None:
+    from plprune.distributed import ShardedTask, gather_samples, shard_task
+
+    task, model = TokenTask(), torch.nn.Linear(1, 1, bias=False).double()
+    whole = task.train_batch(3)
+    model.zero_grad()
+    task.loss(model, whole).backward()
+    expected_grad = model.weight.grad.clone()
+    losses, grads = [], []
+    for rank in range(WORLD):
+        shard = ShardedTask(task, rank, WORLD)
+        batch = shard.train_batch(3)
+        assert all(torch.equal(a, b[rank::WORLD]) for a, b in zip(batch, whole, strict=True))
+        model.zero_grad()
+        loss = shard.loss(model, batch)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        grads.append(model.weight.grad.clone())
+        unweighted = shard.loss(model, tuple(t.clone() for t in batch))  # not the batch it handed out
+        assert float(unweighted.detach()) == pytest.approx(float(task.loss(model, batch).detach()))
+    assert sum(losses) / WORLD == pytest.approx(float(task.loss(model, whole).detach()), rel=1e-12)
+    torch.testing.assert_close(sum(grads) / WORLD, expected_grad)
+    assert shard_task(task) is task  # one process: nothing to shard
+    assert all(torch.equal(a, b[:3]) for a, b in zip(gather_samples(whole, 3), whole, strict=True))
+
+
 def test_distributed_true_without_a_process_group_is_refused() -> None:
     model = tiny_bert()
     with pytest.raises(plprune.PlpruneError, match="distributed=True needs an initialised"):

@@ -485,7 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except PlpruneError as error:
-        print(f"plprune: error: {error}", file=sys.stderr)
+        if not getattr(error, "relayed", False):  # torchrun: rank 0's error, which rank 0 prints
+            print(f"plprune: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("plprune: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)

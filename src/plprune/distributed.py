@@ -290,7 +290,9 @@ def _share_outcome(fn: Callable[[], T], others_run: bool) -> T | None:
         return result
     status, payload, _ = broadcast_object(None)
     if status == "error":
-        raise PlpruneError(f"rank 0 failed: {payload}")
+        relayed = PlpruneError(f"rank 0 failed: {payload}")
+        relayed.relayed = True  # type: ignore[attr-defined]  # rank 0 reports it; the CLI stays quiet here
+        raise relayed
     return fn() if others_run else payload
 
 

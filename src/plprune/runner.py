@@ -152,6 +152,11 @@ def train_run(
     dist.init_from_env()  # torchrun: join the process group (gloo); alone: nothing
     if dist.active() and config.prune.compact:
         raise PlpruneError("compact is not supported under torchrun yet: compact a finished run (export)")
+    if config.train.batch_size % dist.world_size():
+        raise PlpruneError(
+            f"batch_size {config.train.batch_size} (the global batch) does not split over "
+            f"{dist.world_size()} ranks; use a multiple of {dist.world_size()}"
+        )
     fresh = not out.exists()
     out = dist.run_on_main(lambda: prepare_run_dir(out, config, resume))  # the others get rank 0's answer
     try:
