@@ -21,11 +21,10 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import plprune
-from plprune.cli import build_parser, main, resolve_config
+from plprune.cli import main
 from plprune.curvature import compute_group_features
 from plprune.gates import GroupSet
 from plprune.models import BertConfig, BertForMaskedLM
-from plprune.train.callbacks import Callback
 
 pytestmark = pytest.mark.skipif(
     not (tdist.is_available() and tdist.is_gloo_available()),
@@ -54,10 +53,12 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
+def torchrun(*args: str, script: Path | None = None) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 -m plprune.cli ARGS`` (or ``SCRIPT ARGS``) on this machine."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}"]
+    program = ["-m", "plprune.cli"] if script is None else [str(script)]
     done = subprocess.run(
-        [*command, "-m", "plprune.cli", *args], env=child_env(), capture_output=True, text=True, timeout=300
+        [*command, *program, *args], env=child_env(), capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
@@ -79,6 +80,8 @@ def assert_same_run(ddp: dict, single: dict) -> None:
         for x, y in zip(a["gate_training"], b["gate_training"], strict=True):
             assert x == pytest.approx(y, rel=1e-5)
     assert [r["step"] for r in ddp["history"]] == [r["step"] for r in single["history"]]  # no duplicates
+    for a, b in zip(ddp["history"], single["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=METRIC_RTOL)
     for key in ("train_loss", "train_ppl", "test_loss", "test_ppl"):
         assert ddp["final"][key] == pytest.approx(single["final"][key], rel=METRIC_RTOL), key
     assert ddp["nonzero_parameters"] == single["nonzero_parameters"]
@@ -126,24 +129,39 @@ def test_plprune_train_under_torchrun_matches_one_process(
     assert saved["step"] == 8 and not any(k.startswith("module.") for k in saved["model"])  # plain model
 
 
-class _Interrupt(Callback):
-    def on_step_end(self, trainer, step: int) -> None:
-        if step == 6:
+# ``plprune train`` with a callback that stops both ranks after step 5 (as Ctrl-C would); run by torchrun
+STOP_AFTER_STEP_5 = """
+import sys
+from plprune.cli import build_parser, resolve_config
+from plprune.runner import train_run
+from plprune.train.callbacks import Callback
+
+class Stop(Callback):
+    def on_step_end(self, trainer, step):
+        if step == 5:
             raise KeyboardInterrupt
 
+args = build_parser().parse_args(sys.argv[1:])
+try:
+    train_run(resolve_config(args), args.out, callbacks=[Stop()], progress=False)
+except KeyboardInterrupt:
+    print("stopped")
+"""
 
-def test_torchrun_resumes_a_checkpoint_and_matches_one_process(
+
+def test_torchrun_resumes_its_own_checkpoint_and_matches_one_process(
     data_dir: Path, single_run: dict, tmp_path: Path
 ) -> None:
-    """A run stopped after step 6 (checkpoint at step 4, before the pruning event) is resumed by 2 ranks."""
-    from plprune.runner import train_run
-
-    out = tmp_path / "resumed"
-    args = build_parser().parse_args(["train", *TINY_RUN, "--data-dir", str(data_dir), "--out", str(out)])
-    with pytest.raises(KeyboardInterrupt):
-        train_run(resolve_config(args), out, callbacks=[_Interrupt()], progress=False)
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 4
-    torchrun("train", *TINY_RUN, "--data-dir", str(data_dir), "--out", str(out), "--resume")
+    """A 2-rank run stopped after step 5 (its checkpoint at step 3 lies between evaluations and before the
+    pruning event at step 4) is resumed by 2 ranks; the reference checkpoints at other steps, which changes
+    no number."""
+    out, script = tmp_path / "resumed", tmp_path / "stop.py"
+    script.write_text(STOP_AFTER_STEP_5)
+    run = [*TINY_RUN, "--checkpoint-every", "3", "--data-dir", str(data_dir), "--out", str(out)]
+    assert torchrun("train", *run, script=script).stdout.count("stopped") == WORLD
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
+    assert not (out / "summary.json").exists()
+    torchrun("train", *run, "--resume")
     assert_same_run(summary(out), single_run)
 
 

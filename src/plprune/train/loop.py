@@ -104,6 +104,8 @@ class Trainer:
 
     def save(self) -> Path:
         path = self.run_dir / CHECKPOINT_NAME
+        # the running loss is the one per-rank number: store the ranks' mean (later sums add to it linearly)
+        self._loss_sum = dist.mean_over_ranks(self._loss_sum)
         if dist.is_main():  # every rank holds the same state: rank 0 writes it, once
             save_checkpoint(path, self.state_dict())
         return path
