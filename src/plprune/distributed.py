@@ -17,8 +17,9 @@ unconditionally. Under ``torchrun`` every rank runs the same program on its own 
 * :func:`run_on_main`/:func:`main_first` run a step (creating the run directory, writing the tokenizer)
   on rank 0 first and hand its answer, or its error, to the other ranks.
 
-NCCL needs CUDA tensors: collectives here move their tensors to ``cuda:LOCAL_RANK`` when the backend is
-NCCL and back to the caller's device after (not exercised here: no GPU was available; docs/distributed.md).
+NCCL needs CUDA tensors: collectives here move their tensors to the current CUDA device (``init_from_env``
+sets it to ``LOCAL_RANK``) when the backend is NCCL and back to the caller's device after (not exercised
+here: no GPU was available; docs/distributed.md).
 """
 
 from __future__ import annotations
