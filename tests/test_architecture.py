@@ -14,7 +14,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # lowest first; a module's layer is that of the longest matching prefix
 # ruff: noqa: RUF005
 LAYERS: list[tuple[str, ...]] = [
-    ("plprune.errors", "plprune.validation", "plprune.seeding", "plprune.table", "plprune.faults"),
+    ("plprune.errors", "plprune.validation", "plprune.seeding", "plprune.table", "plprune.faults")
+    + ("plprune.distributed",),
     # the sparsity methods' maths and training hooks work on any Units; they import no model
     ("plprune.groups", "plprune.keep", "plprune.schedules", "plprune.task", "plprune.gating")
     + ("plprune.sparsity",),

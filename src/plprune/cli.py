@@ -244,6 +244,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise PlpruneError("train needs --out RUN_DIR (a new directory, or an existing one with --resume)")
     config = resolve_config(args)
     summary = train_run(config, args.out, resume=args.resume, progress=not args.no_progress)
+    from plprune.distributed import is_main
+
+    if not is_main():  # torchrun: rank 0 reports
+        return 0
     print(_history_table(summary["history"]))
     final = summary["final"]
     headline = (
@@ -515,8 +519,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except PlpruneError as error:  # one line, whatever the message holds (e.g. a library's own text)
-        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        print(f"plprune: error: {message}", file=sys.stderr)
+        if not getattr(error, "relayed", False):  # torchrun: rank 0's error, which rank 0 prints
+            message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            print(f"plprune: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("plprune: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+import plprune.distributed as dist
 from plprune.errors import PlpruneError
 from plprune.faults import kill_point
 from plprune.gates import GroupSet
@@ -64,6 +65,16 @@ class Pruner:
         diagnostics: a :class:`~plprune.pruners.base.Diagnostics` to measure curvature around each event.
         log_path: a JSON-lines file that receives one record per event.
         groups: an existing :class:`~plprune.gates.GroupSet` of ``model`` (instead of discovery).
+        distributed: score as one of several data-parallel ranks (docs/distributed.md): ``batches`` then
+            give each rank its own shard (rows ``rank::world`` of the global batch, as
+            ``DistributedSampler`` does); PL's kernel features use every rank's samples and its gating
+            network averages gradients over ranks; rank 0's scores and mask are broadcast, so masks are
+            bit-identical on every rank; only rank 0 writes ``log_path``. ``None`` (default): on when a
+            ``torch.distributed`` process group of more than one rank is initialised.
+
+    Under ``DistributedDataParallel`` pass the wrapper or ``wrapper.module``: the pruner works on the inner
+    module either way (its hooks, masks and ``pruner.model`` are the inner module's; scorers call the inner
+    module, so scoring never goes through DDP's gradient reducer).
     """
 
     def __init__(
@@ -83,9 +94,19 @@ class Pruner:
         diagnostics: Diagnostics | None = None,
         log_path: str | Path | None = None,
         groups: GroupSet | None = None,
+        distributed: bool | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise PlpruneError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        model = dist.unwrap(model)  # DDP: hooks and masks belong on the inner module
+        if distributed is None:
+            distributed = dist.active()
+        elif distributed and not dist.active():
+            raise PlpruneError(
+                "distributed=True needs an initialised torch.distributed process group of more than one "
+                "rank (launch with torchrun and call torch.distributed.init_process_group first)"
+            )
+        self.distributed = bool(distributed)
         if not isinstance(scorer, GroupScorer):
             raise PlpruneError(
                 f"scorer must be a GroupScorer such as plprune.scorers.PL() or plprune.scorers.Random(), "
@@ -273,8 +294,12 @@ class Pruner:
         diag_seconds = time.perf_counter() - started
         scoring_started = time.perf_counter()
         context = PruneContext(self.groups, self.task, step, event.ratio, self.events_done, self.seed)
+        context.distributed = self.distributed
         scores = self.scorer.scores(context)
         mask = select_mask(self.groups, scores, self.event_ratios(event), self.allocation)
+        if self.distributed:  # rank 0 decides: every rank gets its scores and mask, bit for bit
+            scores = dist.broadcast(scores)
+            mask = dist.broadcast(mask)
         self.groups.apply_mask(mask)
         scoring_seconds = time.perf_counter() - scoring_started
         after_started = time.perf_counter()
@@ -294,7 +319,7 @@ class Pruner:
         self.diagnostics_seconds += diag_seconds
         self.events_done += 1
         self.records.append(record)
-        if self.log_path is not None:
+        if self.log_path is not None and dist.is_main():
             with self.log_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
         kill_point("prune-logged")

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+import plprune.distributed as dist
 from plprune.errors import PlpruneError, RunDirError
 from plprune.gates import GroupSet
 from plprune.groups import WEIGHT_KIND
@@ -166,13 +167,25 @@ def train_run(
 
     The run holds ``out/.lock`` (:class:`~plprune.train.run_lock.RunLock`) from start to end: a second
     process on the same ``out`` is refused. ``config.train.deterministic`` switches every determinism knob
-    on for the run (:func:`~plprune.seeding.deterministic_mode`)."""
+    on for the run (:func:`~plprune.seeding.deterministic_mode`). Under ``torchrun`` (docs/distributed.md)
+    each rank trains on its shard of every global batch with DDP-averaged gradients; rank 0 alone holds the
+    lock, creates the run directory and writes every file."""
     out = Path(out)
     check_choice("task", config.task, TASKS)  # before the run directory is touched
+    dist.init_from_env()  # torchrun: join the process group (gloo); alone: nothing
+    if dist.active() and config.prune.compact:
+        raise PlpruneError("compact is not supported under torchrun yet: compact a finished run (export)")
+    if config.train.batch_size % dist.world_size():
+        raise PlpruneError(
+            f"batch_size {config.train.batch_size} (the global batch) does not split over "
+            f"{dist.world_size()} ranks; use a multiple of {dist.world_size()}"
+        )
     fresh = not out.exists()
-    if not fresh or resume:
-        check_run_dir(out, config, resume)  # a refusal creates no lock file in someone's run directory
-    lock = _lock_run_dir(out, resume)
+    if not fresh or resume:  # a refusal creates no lock file in someone's run directory
+        dist.run_on_main(lambda: check_run_dir(out, config, resume))
+    held: list[RunLock | None] = []  # rank 0's lock (its failure is relayed to the other ranks)
+    dist.run_on_main(lambda: held.append(_lock_run_dir(out, resume)))
+    lock = held[0] if held else None
     try:
         with deterministic_mode(config.train.deterministic, config.train.seed):
             return _train_locked(config, out, fresh, resume, callbacks, progress)
@@ -202,18 +215,22 @@ def _train_locked(
     callbacks: list[Callback] | None,
     progress: bool,
 ) -> dict[str, Any]:
-    out = prepare_run_dir(out, config, resume)
-    if resume:
+    out = dist.run_on_main(lambda: prepare_run_dir(out, config, resume))  # the others get rank 0's answer
+    if resume and dist.is_main():
         remove_temp_files(out)  # half-written files of a killed writer (we hold the lock)
     try:
-        model, task = build_task(config, out)
+        model, task = dist.main_first(lambda: build_task(config, out))  # rank 0 writes the tokenizer first
         pruning = build_pruning_callbacks(config, model, task.steps_per_epoch, task.train_batch(0)[0])
     except Exception:
-        if fresh:  # a setup error (bad data, bad schedule) leaves nothing behind
+        if fresh and dist.is_main():  # a setup error (bad data, bad schedule) leaves nothing behind
             shutil.rmtree(out, ignore_errors=True)
         raise
     callbacks = [*pruning, *(callbacks or [])]
-    trainer = Trainer(model, task, config.train, out, callbacks, progress=progress)
+    progress = progress and dist.is_main()
+    trainer = Trainer(model, dist.shard_task(task), config.train, out, callbacks, progress=progress)
+    # the model itself alone; a mixture of experts may route no token to some expert in a step
+    moe = "expert" in DEFAULT_KINDS[config.task]
+    trainer.train_model = dist.wrap_ddp(model, find_unused_parameters=moe)
     if resume:
         trainer.resume()
     final = trainer.fit()
@@ -229,11 +246,14 @@ def _train_locked(
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
-    try:
-        atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
-    except OSError as error:
-        raise RunDirError(
-            f"cannot write {out / SUMMARY_NAME}: {error.strerror or error}; the final checkpoint is intact: "
-            "free space or fix permissions, then run the same command with --resume to write it"
-        ) from error
+    summary["world_size"] = dist.world_size()
+    if dist.is_main():
+        try:
+            atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+        except OSError as error:
+            raise RunDirError(
+                f"cannot write {out / SUMMARY_NAME}: {error.strerror or error}; the final checkpoint is "
+                "intact: free space or fix permissions, then run the same command with --resume to write it"
+            ) from error
+    dist.barrier()
     return summary

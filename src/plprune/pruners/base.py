@@ -25,7 +25,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class PruneContext:
-    """What a scorer may use at a pruning event. ``log`` collects method-specific details to record."""
+    """What a scorer may use at a pruning event. ``log`` collects method-specific details to record.
+
+    With ``distributed`` every rank calls the scorer at the same event on its own shard of the data; a
+    scorer may use :mod:`plprune.distributed` to pool the ranks' samples (the Pruner then broadcasts rank 0's
+    scores, so a scorer that does not pool scores on rank 0's shard)."""
 
     groups: GroupSet
     task: Task
@@ -34,6 +38,8 @@ class PruneContext:
     event_index: int
     seed: int
     log: dict[str, Any] = field(default_factory=dict)
+    #: data-parallel ranks score together (``plprune.distributed``): each rank's ``task`` gives its own shard
+    distributed: bool = False
 
     @property
     def model(self) -> torch.nn.Module:

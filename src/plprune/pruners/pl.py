@@ -12,6 +12,13 @@ At a pruning event (Alg. 2 lines 4-8):
 The Hessian is taken of ``hessian_scalar``: ``"loss"`` (default: the training loss, the quantity whose
 conditioning the paper's Prop. 8 bounds via the loss Hessian) or ``"logits"`` (sum of the masked-token
 logits, literally Alg. 1's ``f``), w.r.t. the group weights (attention Q/K/V/O, expert, filter weights).
+
+Data-parallel (``context.distributed``, docs/distributed.md): the kernel samples are the first
+``feature_samples`` of the global batch, gathered from every rank's shard (:func:`plprune.distributed.
+gather_samples`), so every rank computes the same features; each gate-training batch is each rank's shard
+and the gating network's gradients (and the logged loss/trace) are averaged over ranks, which is the
+gradient of the global batch's objective (same seeded probes on every rank; Hutchinson's estimate is linear
+in H). The Pruner broadcasts rank 0's final gates.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
+import plprune.distributed as dist
 from plprune.curvature import compute_group_features, hutchinson_trace
 from plprune.errors import TrainingDivergedError
 from plprune.exact_norms import exact_norms
@@ -93,6 +101,8 @@ class PLScorer(GroupScorer):
 
     def _feature_batch(self, context: PruneContext) -> tuple[Tensor, ...]:
         batch = context.task.train_batch(context.step)
+        if context.distributed:  # every rank's samples, in global order, on every rank
+            return dist.gather_samples(batch, self.config.feature_samples)  # type: ignore[return-value]
         return tuple(t[: self.config.feature_samples] for t in batch)
 
     def scores(self, context: PruneContext) -> Tensor:
@@ -139,8 +149,11 @@ class PLScorer(GroupScorer):
                         trace = None
                         objective = loss
                         if cfg.alpha > 0:  # α = 0: loss-only gate training, no Hessian work at all
+                            scalar = _hessian_scalar(cfg.hessian_scalar, context, batch, loss)
+                            if context.distributed and cfg.hessian_scalar == "logits":
+                                scalar = scalar * dist.world_size()  # a sum: ranks' mean × W = global sum
                             trace = hutchinson_trace(
-                                _hessian_scalar(cfg.hessian_scalar, context, batch, loss),
+                                scalar,
                                 weights,
                                 num_probes=cfg.num_probes,
                                 distribution=cfg.probe_distribution,
@@ -148,20 +161,22 @@ class PLScorer(GroupScorer):
                                 create_graph=True,
                             )
                             objective = loss + cfg.alpha * trace.mean
-                    if not torch.isfinite(objective):
+                    finite = bool(torch.isfinite(objective))
+                    if context.distributed:
+                        finite = dist.all_true(finite)  # the ranks skip together or step together
+                    if not finite:
                         skipped += 1
                         continue
                     grads = torch.autograd.grad(objective, list(net.parameters()))
+                    logged = [loss.detach(), trace.mean.detach() if trace is not None else loss.new_zeros(())]
+                    if context.distributed:  # the global batch's gradient; identical on every rank
+                        *grads, loss_mean, trace_mean = dist.all_reduce_mean([*grads, *logged])
+                        logged = [loss_mean, trace_mean]
                     for param, grad in zip(net.parameters(), grads, strict=True):
                         param.grad = grad
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                    history.append(
-                        {
-                            "loss": float(loss.detach()),
-                            "trace": float(trace.mean.detach()) if trace is not None else 0.0,
-                        }
-                    )
+                    history.append({"loss": float(logged[0]), "trace": float(logged[1])})
                 if cfg.gate_steps and skipped == cfg.gate_steps:
                     raise TrainingDivergedError(
                         "every gate-training batch gave a NaN/Inf objective; lower --alpha or --gate-lr"

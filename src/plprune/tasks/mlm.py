@@ -62,6 +62,10 @@ class MlmTask:
         input_ids, labels = batch
         return model(input_ids, labels).loss
 
+    def loss_units(self, batch: tuple[Tensor, ...]) -> int:
+        """How many terms ``loss`` averages: the masked tokens (data-parallel shards weight by it)."""
+        return int((batch[1] != -100).sum())
+
     def per_sample_output(self, model: nn.Module, batch: tuple[Tensor, ...], kind: str = "loss") -> Tensor:
         """Per-sample masked-token loss (``kind="loss"``) or mean true-token logit (``"logit"``)."""
         input_ids, labels = batch

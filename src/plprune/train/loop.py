@@ -6,6 +6,10 @@ drives dropout), the data position (seed, next step), the running loss accumulat
 state (a pruner's: masks, schedule position, scorer and plugin state). Resuming from step s therefore
 replays steps s+1, ... with bit-identical numbers on CPU. Checkpoints are crash-safe (atomic, sha256-checked,
 the last two kept: :mod:`plprune.train.checkpoint`).
+
+Under ``torchrun`` (docs/distributed.md) every rank runs this loop on its shard of each batch, through
+``train_model`` (the runner sets a ``DistributedDataParallel`` wrapper there); rank 0 alone evaluates,
+writes metrics and checkpoints, and hands its evaluation record to the other ranks.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import plprune.distributed as dist
 from plprune.errors import RunDirError, TrainingDivergedError
 from plprune.faults import kill_point
 from plprune.seeding import rng_state, set_rng_state
@@ -73,6 +78,7 @@ class Trainer:
         progress: bool = True,
     ) -> None:
         self.model = model
+        self.train_model: nn.Module = model  # what training steps call: a DDP wrapper under torchrun
         self.task = task
         self.config = config
         self.run_dir = Path(run_dir)
@@ -116,10 +122,13 @@ class Trainer:
                 f"parameters became NaN or infinite by step {self.step} ({', '.join(bad[:3])}"
                 f"{', ...' if len(bad) > 3 else ''}); not checkpointed: {self._kept_checkpoint()}"
             )
-        try:
-            save_checkpoint(path, self.state_dict(), keep_previous=True)
-        except OSError as error:
-            raise self._write_error(f"cannot write checkpoint {path}", error) from error
+        # the running loss is the one per-rank number: store the ranks' mean (later sums add to it linearly)
+        self._loss_sum = dist.mean_over_ranks(self._loss_sum)
+        if dist.is_main():  # every rank holds the same state: rank 0 writes it, once
+            try:
+                save_checkpoint(path, self.state_dict(), keep_previous=True)
+            except OSError as error:
+                raise self._write_error(f"cannot write checkpoint {path}", error) from error
         self.last_checkpoint_step = self.step
         return path
 
@@ -145,7 +154,7 @@ class Trainer:
         state, used, notes = load_latest_checkpoint(self.run_dir / CHECKPOINT_NAME)
         self.resume_notes = notes
         self.resumed_from = used
-        for note in notes:
+        for note in notes if dist.is_main() else ():  # one warning, not one per rank
             print(f"plprune: warning: {note}", file=sys.stderr)
         # callbacks first: a compacting pruner reshapes the model (and the optimizer's parameter lists) to
         # the checkpoint's shapes before the weights are loaded
@@ -166,7 +175,8 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
         self._loss_sum = float(state["loss_sum"])
         self._loss_count = int(state["loss_count"])
-        self.metrics.truncate_after(self.step)
+        if dist.is_main():
+            self.metrics.truncate_after(self.step)
 
     def _callback_keys(self) -> list[tuple[str, Callback]]:
         """Stable names for callback states: class name plus occurrence number."""
@@ -185,6 +195,9 @@ class Trainer:
 
     def evaluate(self, *, full: bool = False) -> dict[str, Any]:
         """Evaluate now and log a record (step, epoch, train loss/PPL, test PPL, ΔPPL, lr, wall time)."""
+        self._loss_sum = dist.mean_over_ranks(self._loss_sum)  # the ranks' shard losses: the global batch's
+        if not dist.is_main():
+            return self._record_from_main(full)
         train_loss = self._loss_sum / self._loss_count if self._loss_count else float("nan")
         record: dict[str, Any] = {
             "step": self.step,
@@ -204,12 +217,20 @@ class Trainer:
         self.history.append(record)
         if not full:  # the final evaluation keeps them: the final checkpoint then holds the running loss,
             self._loss_sum, self._loss_count = 0.0, 0  # and a run resumed from it reports the same record
+        dist.broadcast_object(record)
+        return record
+
+    def _record_from_main(self, full: bool) -> dict[str, Any]:
+        record = dist.broadcast_object(None)
+        self.history.append(record)
+        if not full:  # as on rank 0 (evaluate)
+            self._loss_sum, self._loss_count = 0.0, 0
         return record
 
     def _train_step(self) -> float:
         self.model.train()
         batch = self.task.train_batch(self.step)
-        loss = self.task.loss(self.model, batch)
+        loss = self.task.loss(self.train_model, batch)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"training loss became {float(loss.detach())} at step {self.step + 1}; lower --lr or use "

@@ -124,7 +124,9 @@ class PruningCallback(Callback):
         self._attach(trainer)
         if pruner.log_path is None:
             pruner.log_path = trainer.run_dir / PRUNING_LOG
-        if pruner.log_path.exists():  # resumed: keep only the events the checkpoint has seen
+        from plprune.distributed import is_main
+
+        if pruner.log_path.exists() and is_main():  # resumed: keep only the events the checkpoint has seen
             from plprune.train.checkpoint import atomic_write_text
 
             lines = pruner.log_path.read_text(encoding="utf-8").splitlines(keepends=True)
