@@ -180,7 +180,7 @@ def train_run(
             f"batch_size {config.train.batch_size} (the global batch) does not split over "
             f"{dist.world_size()} ranks; use a multiple of {dist.world_size()}"
         )
-    fresh = not out.exists()
+    fresh = dist.run_on_main(out.exists) is False  # rank 0's view: every rank takes the same branches
     if not fresh or resume:  # a refusal creates no lock file in someone's run directory
         dist.run_on_main(lambda: check_run_dir(out, config, resume))
     held: list[RunLock | None] = []  # rank 0's lock (its failure is relayed to the other ranks)
