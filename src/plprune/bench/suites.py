@@ -320,7 +320,7 @@ def _paper_gpu_plan(tiny: bool) -> TaskPlan:
         "bert-wikitext2",
         base,
         ("dense", "pl", "pl+", "random", "grad-score", "snip"),
-        times={"every": "1e"},
+        times={"every": "4" if tiny else "1e"},
         label="bert-paper-gpu",
     )
 
