@@ -45,12 +45,11 @@ def test_ratio_groups_share_dense() -> None:
 
 def test_paper_gpu_suite_end_to_end_at_tiny_size(tiny_wikitext_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    jobs = plan_suite(
-        "paper-gpu-tiny", out, seeds=[0, 1], methods=["dense", "pl", "random"], data_dir=str(tiny_wikitext_dir)
-    )
-    assert SUITES["paper-gpu"].tasks[0].base["model"] | {} == {
-        "layers": 6, "hidden": 256, "heads": 8, "ffn": 1024
-    }
+    methods = ["dense", "pl", "random"]
+    jobs = plan_suite("paper-gpu-tiny", out, seeds=[0, 1], methods=methods, data_dir=str(tiny_wikitext_dir))
+    paper_gpu = SUITES["paper-gpu"].tasks[0].base
+    assert paper_gpu["model"] == {"layers": 6, "hidden": 256, "heads": 8, "ffn": 1024}
+    assert paper_gpu["data"]["seq_len"] == 128
     records = run_jobs(jobs, out, suite="paper-gpu-tiny", workers=1, command="test")
     assert [r["error"] for r in records] == [None] * 6
     loaded = load_results(out)
