@@ -16,10 +16,15 @@ from plprune.bench.suites import SUITES, RegimeTest, plan_suite
 def test_overparam_plan(tmp_path: Path) -> None:
     jobs = plan_suite("overparam", tmp_path, data_dir="/data")
     variants = {(j.variant, j.seed): j for j in jobs}
-    assert len(jobs) == len(variants) == 100  # 6 methods + 10 ratio variants + 4 PL ablations, 5 seeds
+    assert len(jobs) == len(variants) == 105  # 6 methods + 10 ratio variants + 5 PL ablations, 5 seeds
     # main comparison first, seed by seed; then each ablation block seed by seed
     assert [(j.variant, j.seed) for j in jobs[:7]][-1] == ("dense", 1)
     assert jobs[30].variant == "pl@r90" and jobs[30].seed == 0
+    # PL's setting ablations form one block, seed by seed
+    assert [(j.variant, j.seed) for j in jobs[80:86]] == [
+        *(("pl@" + a, 0) for a in ("lmin-only", "entropy-only", "shuffled", "full-pass", "alpha0")),
+        ("pl@lmin-only", 1),
+    ]
     config = variants[("pl@shuffled", 3)].config
     assert config["prune"]["pl"]["features"] == "shuffled" and config["prune"]["ratio"] == 0.75
     assert variants[("pl@full-pass", 0)].config["prune"]["pl"]["gate_full_pass"] is True

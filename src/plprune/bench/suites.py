@@ -11,7 +11,8 @@ Ablations (paper Tables 8-13) are named ``METHOD@ABLATION`` and run on the suite
 (final ratio), ``per-layer`` (the same fraction from every layer instead of a global ranking),
 ``global`` (one TopK over all groups of a kind), and PL's measurement ablations (docs/pl-method.md, "What
 decides PL's ranking"): ``lmin-only``/``entropy-only``/``shuffled`` (the gate inputs), ``full-pass`` (gate
-training on one epoch's batches), ``probes8`` (8 Hutchinson probes per gate batch). A plan with
+training on one epoch's batches), ``probes8`` (8 Hutchinson probes per gate batch), ``alpha0`` (gates
+trained on the loss alone, no trace term). A plan with
 ``ablation_seeds="all"`` runs its ablations on every seed, so they enter the paired statistics.
 
 A suite may state its **over-parameterisation test** (:class:`RegimeTest`): the dense runs must meet it before
@@ -249,6 +250,7 @@ SETTING_ABLATIONS: dict[str, dict[str, Any]] = {
     "shuffled": {"features": "shuffled"},
     "full-pass": {"gate_full_pass": True},
     "probes8": {"num_probes": 8},
+    "alpha0": {"alpha": 0.0},
 }
 
 
@@ -271,7 +273,7 @@ OVERPARAM_METHODS = ("dense", "pl", "pl+", "random", "grad-score", "snip")
 OVERPARAM_RATIO_ABLATIONS = tuple(
     f"{m}@{r}" for r in ("r90", "r50") for m in ("pl", "pl+", "random", "grad-score", "snip")
 )
-OVERPARAM_PL_ABLATIONS = ("pl@lmin-only", "pl@entropy-only", "pl@shuffled", "pl@full-pass")
+OVERPARAM_PL_ABLATIONS = ("pl@lmin-only", "pl@entropy-only", "pl@shuffled", "pl@full-pass", "pl@alpha0")
 
 SUITES["overparam"] = Suite(
     "overparam",
@@ -456,9 +458,14 @@ def plan_suite(
                 for a in plan.ablations
                 if not methods or a.partition("@")[0] in methods
             ]
-            if plan.ablation_seeds == "all":  # block by block (main, then each ablation), seed by seed
-                blocks = list(dict.fromkeys(v.partition("@")[2] for v, _ in variants))
-                variants.sort(key=lambda v: (blocks.index(v[0].partition("@")[2]), v[1]))
+            if plan.ablation_seeds == "all":  # block by block (main, each ratio, PL's settings), seed by seed
+
+                def block(variant: str) -> str:
+                    suffix = variant.partition("@")[2]
+                    return "settings" if suffix in SETTING_ABLATIONS else suffix
+
+                blocks = list(dict.fromkeys(block(v) for v, _ in variants))
+                variants.sort(key=lambda v: (blocks.index(block(v[0])), v[1]))
         for variant, seed in variants:
             config = variant_config(plan, variant, seed, data_dir, suite.curvature_methods)
             jobs.append(
