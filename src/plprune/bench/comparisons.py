@@ -111,6 +111,25 @@ def headline(rows: list[dict[str, Any]], runs: Runs, main_ratio: float, family: 
     return lines
 
 
+def ratio_table(runs: Runs, main_ratio: float, family: dict[str, Any]) -> list[dict[str, Any]]:
+    """Final test metric, mean ± std (seeds), of every label at every ratio: one row per label."""
+    key = family["test_key"]
+    groups = ratio_groups(runs, main_ratio)
+    labels = list(dict.fromkeys(label for members in groups.values() for label in members))
+    rows = []
+    for label in labels:
+        row: dict[str, Any] = {"method": label}
+        for ratio, members in groups.items():
+            values = [s["final"][key] for s in runs[members[label]].values()] if label in members else []
+            if values:
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                row[f"{ratio:.0%} pruned"] = f"{statistics.fmean(values):.1f} ± {std:.1f} ({len(values)})"
+            else:
+                row[f"{ratio:.0%} pruned"] = "—"
+        rows.append(row)
+    return rows
+
+
 def _event_values(summary: dict[str, Any], path: tuple[str, ...]) -> float | None:
     events = summary.get("pruning_events") or []
     if not events:

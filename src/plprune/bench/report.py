@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from plprune.bench.comparisons import gate_rows, headline, paired_rows
+from plprune.bench.comparisons import gate_rows, headline, paired_rows, ratio_table
 from plprune.bench.plots import plot_curvature, plot_curves, plot_kept_heatmap, plot_time_to_target
 from plprune.bench.results import (
     LoadedResults,
@@ -470,6 +470,10 @@ def write_report(out: Path) -> Path:
                     ]
         stats = paired_rows(runs, float(config["prune"]["ratio"]), family) if main else []
         if stats:
+            lines += markdown_section(
+                f"### Final {family['test_title']} at each ratio (mean ± std (seeds); dense: unpruned)",
+                ratio_table(runs, float(config["prune"]["ratio"]), family),
+            )
             lines += [
                 "### Paired comparisons (final " + family["test_title"] + ", per seed A/B, 95% intervals)",
                 "",
