@@ -486,7 +486,7 @@ def write_report(out: Path) -> Path:
                 "",
             ]
             shown = [{k: v for k, v in r.items() if not k.startswith("_")} for r in stats]
-            lines += markdown_section("", shown)
+            lines += markdown_section("", shown)[2:]  # the table under the paragraph above, no heading
             task_json["paired"] = [
                 {k: v for k, v in r.items() if not k.startswith("_")} | {"per_seed": r["_result"].per_seed}
                 for r in stats
