@@ -151,7 +151,7 @@ GATE_COLUMNS = (
     ("ρ(gate, grad-score)", ("gate_feature_correlation", "grad_score"), 2),
     ("ρ(gate, SNIP)", ("gate_feature_correlation", "snip"), 2),
     ("1-probe rel. error", ("probe_noise", "single_probe_rel"), 2),
-    ("batch std / |Tr|", ("probe_noise", "batch_std"), 2),
+    ("batch std / mean Tr", ("probe_noise", "batch_std"), 2),
     ("gate-training Tr rel. std", ("probe_noise", "training_trace_rel"), 2),
     ("gate batches", ("gate_batches",), 0),
 )
