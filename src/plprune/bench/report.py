@@ -257,8 +257,9 @@ def _claims(runs: Runs, family: dict[str, Any]) -> list[str]:
 GATES_NOTE = (
     "gate std, max/min: spread of the final gates (mean 1) across groups; ρ: Spearman correlation of the "
     "final gates with each gate input; 1-probe rel. error: std of one Hutchinson probe's trace over 8 "
-    "probes ÷ the mean trace (Alg. 2 uses one probe per batch); batch std / mean Tr: std of the 8-probe trace "
-    "over 2 batches ÷ the mean; gate-training Tr rel. std: the single-probe traces seen during gate training."
+    "probes ÷ the mean trace (Alg. 2 uses one probe per batch); batch std / mean Tr: std of the 8-probe "
+    "trace over 2 batches ÷ the mean; gate-training Tr rel. std: the single-probe traces seen during gate "
+    "training."
 )
 
 
