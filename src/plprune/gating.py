@@ -2,7 +2,8 @@
 :mod:`plprune.keep`.
 
 ``g = p · softmax_i(FN_v(d̂_i))``: a 2-layer MLP scores each group from its normalised kernel
-features d̂_i = (log λ_min, ρ) (standardised across groups), softmax over all p groups as in Eq. 8,
+features d̂_i = (log λ_min, ρ) (standardised across groups; the ``pl+`` variant appends other criteria as
+further columns, paper Sec. 5.4, via :func:`standardise_columns`), softmax over all p groups as in Eq. 8,
 then **scaled by p so that the mean gate is 1**. A raw softmax would multiply every head's output by
 ≈1/p and shrink the network; with the scaling, the initial network (output layer initialised to 0,
 so every score is equal) is exactly the ungated one (g ≡ 1). This is a documented deviation.
@@ -29,23 +30,36 @@ def normalise_features(features: Tensor, log_min_eigenvalue: bool = True) -> Ten
         raise PlpruneError(
             f"features must have shape (p, 2) = [min eigenvalue, entropy], got {tuple(features.shape)}"
         )
+    return standardise_columns(features, (0,) if log_min_eigenvalue else ())
+
+
+def standardise_columns(features: Tensor, log_columns: tuple[int, ...] = ()) -> Tensor:
+    """``(p, k)`` features → each column standardised across the p groups (zero mean, unit std; a constant
+    column → 0); the columns in ``log_columns`` (non-negative quantities spanning orders of magnitude)
+    become ``log(max(x, 1e-30))`` first. Non-finite inputs raise."""
+    if features.dim() != 2 or features.shape[1] < 1:
+        raise PlpruneError(f"features must have shape (p, k) with k ≥ 1, got {tuple(features.shape)}")
+    if any(not 0 <= c < features.shape[1] for c in log_columns):
+        raise PlpruneError(f"log_columns {log_columns} out of range for {features.shape[1]} feature columns")
     if not torch.isfinite(features).all():
         raise PlpruneError("kernel features contain NaN or Inf; cannot gate on them")
     x = features.double().clone()
-    if log_min_eigenvalue:
-        x[:, 0] = torch.log(x[:, 0].clamp_min(FEATURE_FLOOR))
+    for c in log_columns:
+        x[:, c] = torch.log(x[:, c].clamp_min(FEATURE_FLOOR))
     mean = x.mean(0, keepdim=True)
     std = x.std(0, unbiased=False, keepdim=True)
     return torch.where(std > 1e-12, (x - mean) / std.clamp_min(1e-12), torch.zeros_like(x))
 
 
 class GatingNetwork(nn.Module):
-    """2-layer MLP over each group's 2 features → softmax over the p groups, scaled to mean 1."""
+    """2-layer MLP over each group's ``in_features`` features (2: λ_min, ρ) → softmax over the p groups,
+    scaled to mean 1."""
 
-    def __init__(self, hidden: int = 16, scale_to_mean_one: bool = True) -> None:
+    def __init__(self, hidden: int = 16, scale_to_mean_one: bool = True, in_features: int = 2) -> None:
         super().__init__()
         check_positive_int("gating hidden size", hidden)
-        self.hidden = nn.Linear(2, hidden)
+        check_positive_int("gating input features", in_features)
+        self.hidden = nn.Linear(in_features, hidden)
         self.out = nn.Linear(hidden, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)

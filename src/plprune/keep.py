@@ -7,7 +7,9 @@ Everything that decides a mask from scores lives here, for every method:
 * :func:`protected_top_k` — the TopK of one kind with protection;
 * :data:`ALLOCATIONS` and :func:`select_mask` — ``"global"`` (one TopK over all groups of a kind: layer
   sparsity emerges from the scores, as in PL, IMP, SNIP) or ``"per_layer"`` (every layer loses the same
-  fraction, ranked within the layer, as FPGM and CHIP).
+  fraction, ranked within the layer, as FPGM and CHIP), or ``"per_layer_for_filters"`` (per layer for
+  conv filters, global for heads and experts: PL's default, since the global TopK collapses VGG's filters,
+  docs/pl-method.md).
 
 Inputs are plain tensors (scores, layer ids, alive masks), so the rule is testable without a model.
 """
@@ -23,7 +25,8 @@ from torch import Tensor
 from plprune.errors import PlpruneError
 from plprune.validation import check_choice, check_probability
 
-ALLOCATIONS = ("global", "per_layer")
+PER_LAYER_FOR_FILTERS = "per_layer_for_filters"
+ALLOCATIONS = ("global", "per_layer", PER_LAYER_FOR_FILTERS)
 
 
 def prune_count(num_groups: int, ratio: float) -> int:
@@ -107,14 +110,15 @@ def select_mask(
 
     ``allocation="global"``: TopK over all groups of a kind, protected per layer (Alg. 2 line 8).
     ``"per_layer"``: every layer of the kind keeps ``count − prune_count(count, ratio)`` of its groups
-    (at least one), the best-scored alive ones of that layer.
+    (at least one), the best-scored alive ones of that layer. ``"per_layer_for_filters"``: per layer for
+    the ``filter`` kind, global for every other kind.
     """
     check_choice("allocation", allocation, ALLOCATIONS)
     mask = groups.mask.clone()
     for kind in groups.kinds:
         kind_ratio = ratio if isinstance(ratio, (int, float)) else ratio.get(kind, 0.0)
         index = groups.kind_index(kind)
-        if allocation == "global":
+        if allocation == "global" or (allocation == PER_LAYER_FOR_FILTERS and kind != "filter"):
             keep = len(index) - prune_count(len(index), kind_ratio)
             mask[index] = protected_top_k(
                 scores[index], keep, groups.layer_ids[index], alive=groups.mask[index]

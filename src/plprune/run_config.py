@@ -34,7 +34,9 @@ MAX_WIDTH_MULTIPLIER = 16.0
 class DataConfig:
     """Where the data comes from; for text, how it is tokenised and blocked (``num_samples``: MNIST-1D size;
     ``train_fraction``: train on the first fraction of the training blocks only, vocabulary unchanged —
-    a smaller training set makes the same model more over-parameterised).
+    a smaller training set makes the same model more over-parameterised; ``masking``: ``"dynamic"``
+    (default: a fresh MLM masking per batch) or ``"static"`` (each training block masked once, as BERT's
+    original data pipeline; see :func:`plprune.data.mlm.static_masking`).
 
     ``data_dir`` falls back to the ``PLPRUNE_DATA_DIR`` environment variable. WikiText-2 here: train on
     ``valid.txt``, evaluate on ``test.txt`` (the training split is not available offline).
@@ -49,6 +51,7 @@ class DataConfig:
     seq_len: int = 128
     num_samples: int = 4000
     train_fraction: float = 1.0
+    masking: str = "dynamic"
 
     def __post_init__(self) -> None:
         if self.data_dir is not None:
@@ -56,6 +59,7 @@ class DataConfig:
         check_text("train_file", self.train_file)
         check_text("test_file", self.test_file)
         check_choice("tokenizer", self.tokenizer, TOKENIZERS)
+        check_choice("masking", self.masking, ("dynamic", "static"))
         check_positive_int("min_freq", self.min_freq)
         check_positive_int("bpe_vocab_size", self.bpe_vocab_size)
         check_positive_int("seq_len", self.seq_len)

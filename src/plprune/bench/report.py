@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from plprune.bench.comparisons import gate_rows, headline, paired_rows, ratio_table
 from plprune.bench.plots import plot_curvature, plot_curves, plot_kept_heatmap, plot_time_to_target
 from plprune.bench.results import (
     LoadedResults,
@@ -155,9 +156,12 @@ def _main_columns(runs: Runs, family: dict[str, Any], marks: list[int]) -> list[
     return columns
 
 
-def _reach_table(runs: Runs, family: dict[str, Any], target: float) -> list[dict[str, Any]]:
+def _reach_table(
+    runs: Runs, family: dict[str, Any], target: float, shared: bool = False
+) -> list[dict[str, Any]]:
     """Table 6: when each method first matches ``target`` (dense's mean final test metric; needs dense
-    runs), and the wall time saved."""
+    runs), and the wall time saved — only when the runs did not share the machine (``shared``: several
+    workers at once, whose wall times depend on what ran beside them; then steps only)."""
     dense = runs["dense"]
     test_key, higher = family["test_key"], family["higher_is_better"]
     dense_wall = mean_std([train_wall(s) for s in dense.values()])[0]
@@ -178,7 +182,9 @@ def _reach_table(runs: Runs, family: dict[str, Any], target: float) -> list[dict
                 "method": variant,
                 "reached": f"{len(fractions)}/{len(by_seed)}",
                 "steps to reach (× budget)": fmt(fractions) if fractions else "never",
-                "wall-clock saved vs dense %": fmt(saved, 1) if saved else "n/a",
+                "wall-clock saved vs dense %": (
+                    "n/a (runs shared the cores: steps only)" if shared else fmt(saved, 1) if saved else "n/a"
+                ),
             }
         )
     return rows
@@ -249,6 +255,37 @@ def _claims(runs: Runs, family: dict[str, Any]) -> list[str]:
             verdict = f"**{'holds' if tracked['pl'] <= tracked['dense'] else 'does not hold'}** —"
         lines.append(f"{claim}{verdict} {tracked['pl']:.3g} vs {tracked['dense']:.3g}.")
     return lines
+
+
+GATES_NOTE = (
+    "gate std, max/min: spread of the final gates (mean 1) across groups; ρ: Spearman correlation of the "
+    "final gates with each gate input; 1-probe rel. error: std of one Hutchinson probe's trace over 8 "
+    "probes ÷ the mean trace (Alg. 2 uses one probe per batch); batch std / mean Tr: std of the 8-probe "
+    "trace over 2 batches ÷ the mean; gate-training Tr rel. std: the single-probe traces seen during gate "
+    "training."
+)
+
+
+def _regime_lines(suite: dict[str, Any], runs: Runs) -> list[str]:
+    """The suite's over-parameterisation test applied to each dense run (``plprune.bench.suites``)."""
+    from plprune.bench.suites import SUITES
+
+    definition = SUITES.get(str(suite.get("suite")))
+    test = definition.regime if definition else None
+    if test is None or "dense" not in runs:
+        return []
+    checks = {seed: test.check(s["final"]) for seed, s in sorted(runs["dense"].items())}
+    passed = sum(ok for ok, _ in checks.values())
+    return [
+        "### Over-parameterised regime (checked before comparing)",
+        "",
+        f"Test: {test.describe()}. Dense runs meeting it: **{passed}/{len(checks)}**"
+        + ("" if passed == len(checks) else " — the premise does NOT hold on every seed")
+        + ".",
+        "",
+        *(f"- seed {seed}: {'meets' if ok else 'FAILS'} — {text}" for seed, (ok, text) in checks.items()),
+        "",
+    ]
 
 
 def _ablation_rows(runs: Runs, ablations: list[str], family: dict[str, Any]) -> list[dict[str, Any]]:
@@ -407,11 +444,19 @@ def write_report(out: Path) -> Path:
             rows, titles = _render(columns, main, lead)
             lines += markdown_section("### Results", rows, titles)
             lines += ["### Which claims hold here", "", *_claims(main_runs, family), ""]
+            lines += _regime_lines(suite, main_runs)
             reach = []
             if "dense" in main_runs:
                 target = mean_std([s["final"][family["test_key"]] for s in main_runs["dense"].values()])[0]
-                reach = _reach_table(main_runs, family, target)
+                shared = int((suite.get("machine") or {}).get("workers", 1)) > 1
+                reach = _reach_table(main_runs, family, target, shared)
                 lines += markdown_section("### Time to reach dense's final test metric (Table 6)", reach)
+                if shared:
+                    lines += [
+                        "Timing: steps only. These runs shared the cores with other runs (several workers), "
+                        "so their wall-clock times are not comparable and no wall-clock saving is claimed.",
+                        "",
+                    ]
                 plot_time_to_target(main_runs, family, target, out / f"{task}_time_to_dense.png", task)
                 lines += [f"![test metric vs wall time]({task}_time_to_dense.png)", ""]
             task_json.update(
@@ -432,6 +477,36 @@ def write_report(out: Path) -> Path:
                         HEATMAP_NOTE.format(seed=seed),
                         "",
                     ]
+        stats = paired_rows(runs, float(config["prune"]["ratio"]), family) if main else []
+        if stats:
+            lines += markdown_section(
+                f"### Final {family['test_title']} at each ratio (mean ± std (seeds); dense: unpruned)",
+                ratio_table(runs, float(config["prune"]["ratio"]), family),
+            )
+            lines += [
+                "### Paired comparisons (final " + family["test_title"] + ", per seed A/B, 95% intervals)",
+                "",
+                "Per seed s the ratio r_s = A(s)/B(s) of two runs with the same data order and steps; the "
+                "table gives the geometric mean of r_s with a paired-t 95% interval on log r_s (and a "
+                "percentile bootstrap, too narrow with 5 seeds). The verdict says 'A beats B' only when the "
+                "t interval excludes 1; otherwise 'no difference detected'. Dense belongs to every ratio.",
+                "",
+                *headline(stats, runs, float(config["prune"]["ratio"]), family),
+                "",
+            ]
+            shown = [{k: v for k, v in r.items() if not k.startswith("_")} for r in stats]
+            lines += markdown_section("", shown)[2:]  # the table under the paragraph above, no heading
+            task_json["paired"] = [
+                {k: v for k, v in r.items() if not k.startswith("_")} | {"per_seed": r["_result"].per_seed}
+                for r in stats
+            ]
+        gates = gate_rows(runs)
+        if gates:
+            lines += markdown_section(
+                "### What PL's gates saw (first pruning event; mean ± std over seeds)", gates
+            )
+            lines += [GATES_NOTE, ""]
+            task_json["gates"] = gates
         if ablations:
             rows = _ablation_rows(runs, ablations, family)
             lines += markdown_section(

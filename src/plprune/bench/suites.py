@@ -8,7 +8,15 @@ Every run of a seed sees the same data order and the same number of steps.
 
 Ablations (paper Tables 8-13) are named ``METHOD@ABLATION`` and run on the suite's first seed:
 ``at-init``/``early``/``late`` (pruning time), ``one-shot``/``iterative`` (schedule), ``r50``/``r75``/``r90``
-(final ratio), ``per-layer`` (the same fraction from every layer instead of a global ranking).
+(final ratio), ``per-layer`` (the same fraction from every layer instead of a global ranking),
+``global`` (one TopK over all groups of a kind), and PL's measurement ablations (docs/pl-method.md, "What
+decides PL's ranking"): ``lmin-only``/``entropy-only``/``shuffled`` (the gate inputs), ``full-pass`` (gate
+training on one epoch's batches), ``probes8`` (8 Hutchinson probes per gate batch), ``alpha0`` (gates
+trained on the loss alone, no trace term). A plan with
+``ablation_seeds="all"`` runs its ablations on every seed, so they enter the paired statistics.
+
+A suite may state its **over-parameterisation test** (:class:`RegimeTest`): the dense runs must meet it before
+the report compares methods (``plprune report`` checks it per seed).
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ class TaskPlan:
     times: dict[str, str] = field(default_factory=dict)
     # the section (run folder and report heading) when one task appears several times in a suite
     label: str | None = None
+    # "first": ablations on the suite's first seed (paper Tables 8-13); "all": on every seed
+    ablation_seeds: str = "first"
 
     @property
     def name(self) -> str:
@@ -51,12 +61,42 @@ class TaskPlan:
 
 
 @dataclass(frozen=True)
+class RegimeTest:
+    """When a dense MLM run counts as over-parameterised (interpolating its training data, the premise of
+    the paper's PL argument): final train PPL at most ``max_train_ppl`` and test PPL at least
+    ``min_test_over_train`` times the train PPL (the paper's BERT: train PPL 4-6, test PPL ~75, ratio
+    ≥ 12). For classification: final train accuracy at least ``min_train_accuracy`` %."""
+
+    max_train_ppl: float = 50.0
+    min_test_over_train: float = 10.0
+    min_train_accuracy: float = 100.0
+
+    def check(self, final: dict[str, Any]) -> tuple[bool, str]:
+        """(passes, one line with the figures) for a dense run's final metrics."""
+        if "test_ppl" in final:
+            train, test = float(final["train_ppl"]), float(final["test_ppl"])
+            ok = train <= self.max_train_ppl and test >= self.min_test_over_train * train
+            return ok, f"train PPL {train:.2f}, test PPL {test:.1f}, test/train {test / train:.1f}"
+        accuracy = final.get("train_accuracy")
+        if accuracy is None:
+            return False, "no train accuracy recorded"
+        return float(accuracy) >= self.min_train_accuracy, f"train accuracy {float(accuracy):.2f}%"
+
+    def describe(self) -> str:
+        return (
+            f"dense final train PPL ≤ {self.max_train_ppl:g} and test PPL ≥ {self.min_test_over_train:g} × "
+            f"train PPL (classification: train accuracy ≥ {self.min_train_accuracy:g}%)"
+        )
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     description: str
     seeds: tuple[int, ...]
     tasks: tuple[TaskPlan, ...]
     curvature_methods: tuple[str, ...] = ("dense", "pl")
+    regime: RegimeTest | None = None
 
 
 TRANSFORMER_METHODS = ("dense", "pl", "random", "imp", "grad-score", "snip", "grasp")
@@ -206,7 +246,111 @@ SUITES["sparse-course"] = Suite(
     curvature_methods=(),
 )
 
-ABLATIONS = ("at-init", "early", "late", "one-shot", "iterative", "r50", "r75", "r90", "per-layer")
+# PL's measurement ablations: settings of the method (its [prune.METHOD] table), not of the schedule
+SETTING_ABLATIONS: dict[str, dict[str, Any]] = {
+    "lmin-only": {"features": "min_eigenvalue"},
+    "entropy-only": {"features": "entropy"},
+    "shuffled": {"features": "shuffled"},
+    "full-pass": {"gate_full_pass": True},
+    "probes8": {"num_probes": 8},
+    "alpha0": {"alpha": 0.0},
+}
+
+
+def _overparam_bert(ratio: float) -> dict[str, Any]:
+    """The over-parameterised BERT of the ``overparam`` suite (docs/pl-method.md): 2 layers × 8 heads,
+    hidden 128, on the first 6% of WikiText-2's valid.txt blocks (~195 blocks of 64 tokens, 12 batches per
+    epoch) with static masking, 25 epochs; pruned one-shot at epoch 5 (the paper's time)."""
+    base = _mlm_base(300, 50, 0, ratio, dropout=0.1)
+    return deep_merge(
+        base,
+        {
+            "data": {"train_fraction": 0.06, "masking": "static"},
+            "train": {"eval_batches": 8, "checkpoint_every": 100},
+            "prune": {"pl": {"probe_check": 8, "probe_check_batches": 2}, "pl+": {"probe_check": 8}},
+        },
+    )
+
+
+OVERPARAM_METHODS = ("dense", "pl", "pl+", "random", "grad-score", "snip")
+OVERPARAM_RATIO_ABLATIONS = tuple(
+    f"{m}@{r}" for r in ("r90", "r50") for m in ("pl", "pl+", "random", "grad-score", "snip")
+)
+OVERPARAM_PL_ABLATIONS = ("pl@lmin-only", "pl@entropy-only", "pl@shuffled", "pl@full-pass", "pl@alpha0")
+
+SUITES["overparam"] = Suite(
+    "overparam",
+    "where PL's premise holds: a BERT that interpolates a small training set (10% of WikiText-2's "
+    "valid.txt, static masking; evaluated on test.txt); heads pruned at 50/75/90%, 5 seeds, paired "
+    "statistics; PL's measurement ablations and pl+ on every seed",
+    (0, 1, 2, 3, 4),
+    (
+        TaskPlan(
+            "bert-wikitext2",
+            deep_merge(_overparam_bert(0.75), {"prune": {"prune_at": "5e"}}),
+            OVERPARAM_METHODS,
+            OVERPARAM_RATIO_ABLATIONS + OVERPARAM_PL_ABLATIONS,
+            times={"every": "1e"},
+            label="bert-overparam",
+            ablation_seeds="all",
+        ),
+    ),
+    curvature_methods=(),
+    regime=RegimeTest(),
+)
+
+
+def _paper_gpu_plan(tiny: bool) -> TaskPlan:
+    """BERT 6 layers × 8 heads, hidden 256, seq 128 on WikiText-2 (valid.txt → test.txt), 75% of heads
+    one-shot at epoch 5 (``tiny``: the same plan at a size that runs in seconds on a CPU)."""
+    if tiny:
+        base = _mlm_base(16, 8, 4, 0.75, layers=2, hidden=16, heads=4, ffn=32)
+        base = deep_merge(
+            base,
+            {
+                "data": {"seq_len": 16, "min_freq": 1},
+                "train": {"batch_size": 4, "eval_batches": 2, "checkpoint_every": 8},
+                "prune": {
+                    method: {**_PL_SMALL, "feature_samples": 4, "probe_check": 2} for method in ("pl", "pl+")
+                },
+            },
+        )
+    else:
+        base = _mlm_base(3000, 300, 300, 0.75, layers=6, hidden=256, heads=8, ffn=1024)
+        base = deep_merge(
+            base,
+            {"data": {"seq_len": 128}, "train": {"batch_size": 32, "checkpoint_every": 300}},
+        )
+    return TaskPlan(
+        "bert-wikitext2",
+        base,
+        ("dense", "pl", "pl+", "random", "grad-score", "snip"),
+        times={"every": "4" if tiny else "1e"},
+        label="bert-paper-gpu",
+    )
+
+
+_PAPER_GPU_DESCRIPTION = (
+    "BERT 6×8 heads, hidden 256, seq 128 on WikiText-2 (valid.txt for training, test.txt held out): dense, "
+    "PL, pl+, random, grad-score, SNIP; 3 seeds; resumable runs checkpointed every 300 steps, so it can "
+    "run in invocations of ≤ 10 minutes (`timeout 600 plprune compare ...`, repeated)"
+)
+SUITES["paper-gpu"] = Suite(
+    "paper-gpu", _PAPER_GPU_DESCRIPTION, (0, 1, 2), (_paper_gpu_plan(False),), curvature_methods=()
+)
+SUITES["paper-gpu-tiny"] = Suite(
+    "paper-gpu-tiny",
+    "the paper-gpu suite's plan at a tiny size (2 layers × 4 heads, hidden 16, seq 16, 16 steps): checks "
+    "the suite end to end on a CPU",
+    (0, 1, 2),
+    (_paper_gpu_plan(True),),
+    curvature_methods=(),
+)
+
+ABLATIONS = (
+    *("at-init", "early", "late", "one-shot", "iterative", "r50", "r75", "r90", "per-layer", "global"),
+    *SETTING_ABLATIONS,
+)
 
 
 def ablation_overrides(name: str, times: dict[str, str], base_prune: dict[str, Any]) -> dict[str, Any]:
@@ -223,6 +367,10 @@ def ablation_overrides(name: str, times: dict[str, str], base_prune: dict[str, A
         return {"ratio": int(name[1:]) / 100}
     if name == "per-layer":
         return {"allocation": "per_layer"}
+    if name == "global":
+        return {"allocation": "global"}
+    if name in SETTING_ABLATIONS:
+        return {}
     raise PlpruneError(f"unknown ablation {name!r}; valid: {', '.join(ABLATIONS)}")
 
 
@@ -253,8 +401,10 @@ def variant_config(
     if paper.get("schedule") == "iterative":
         paper["prune_every"] = plan.times.get("every", paper.get("prune_every", "1e"))
     prune.update(paper)
-    if ablation:
-        prune.update(ablation_overrides(ablation, plan.times, config["prune"]))
+    for part in ablation.split("+") if ablation else ():  # e.g. "r90+full-pass"
+        prune.update(ablation_overrides(part, plan.times, config["prune"]))
+        if part in SETTING_ABLATIONS:
+            prune[method] = {**prune.get(method, {}), **SETTING_ABLATIONS[part]}
     prune["method"] = method
     if method in curvature_methods and not ablation:
         prune["curvature_every"] = config["train"]["eval_every"] * 2
@@ -304,9 +454,21 @@ def plan_suite(
             chosen += [m for m in methods if m not in chosen and all(k in get_method(m).kinds for k in kinds)]
         variants = [(v, s) for s in seeds for v in chosen]
         if ablations:
+            ablation_seeds = seeds if plan.ablation_seeds == "all" else seeds[:1]
             variants += [
-                (a, seeds[0]) for a in plan.ablations if not methods or a.partition("@")[0] in methods
+                (a, s)
+                for s in ablation_seeds
+                for a in plan.ablations
+                if not methods or a.partition("@")[0] in methods
             ]
+            if plan.ablation_seeds == "all":  # block by block (main, each ratio, PL's settings), seed by seed
+
+                def block(variant: str) -> str:
+                    suffix = variant.partition("@")[2]
+                    return "settings" if suffix in SETTING_ABLATIONS else suffix
+
+                blocks = list(dict.fromkeys(block(v) for v, _ in variants))
+                variants.sort(key=lambda v: (blocks.index(block(v[0])), v[1]))
         for variant, seed in variants:
             config = variant_config(plan, variant, seed, data_dir, suite.curvature_methods)
             RunConfig.from_dict(config)  # a bad seed (or setting) fails here, before anything is written

@@ -6,6 +6,9 @@
   non-special token, 10% stay unchanged. All randomness comes from the ``torch.Generator`` passed in.
 * :func:`prepare_mlm_data` encodes a :class:`~plprune.data.corpus.CorpusText` into blocks, and
   :func:`fixed_masked_batches` gives evaluation batches whose masking is the same on every call.
+* :func:`static_masking` masks every training block once (BERT's original data pipeline fixed the masks
+  when it wrote its training files, Devlin et al. 2019, App. A.2 with dupe factor 1): the model then sees
+  the same masked positions of a block in every epoch, so a small training set can be memorised.
 """
 
 from __future__ import annotations
@@ -201,3 +204,23 @@ def fixed_masked_batches(
         raise DataError("no blocks to evaluate on: the block tensor is empty")
     generator = torch.Generator().manual_seed(seed)
     return [masker(batch, generator) for batch in blocks.split(batch_size)]
+
+
+def static_masking(blocks: Tensor, masker: MlmMasker, seed: int) -> tuple[Tensor, Tensor]:
+    """Mask every block of ``blocks`` once: ``(masked_inputs, labels)``, both ``(n_blocks, seq_len)``.
+
+    Block i's masking is a function of ``(seed, i)`` only (one seeded generator per block), so it does not
+    depend on the batch size or the order in which blocks are drawn.
+    """
+    if not isinstance(blocks, Tensor) or blocks.dim() != 2:
+        raise PlpruneError(f"blocks must be a 2-D tensor (n_blocks, seq_len), got {type(blocks).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise PlpruneError(f"seed must be an integer, got {seed!r}")
+    if blocks.shape[0] == 0:
+        raise DataError("no blocks to mask: the block tensor is empty")
+    masked, labels = [], []
+    for i in range(blocks.shape[0]):
+        m, lab = masker(blocks[i : i + 1], torch.Generator().manual_seed(seed * 1_000_003 + i))
+        masked.append(m)
+        labels.append(lab)
+    return torch.cat(masked), torch.cat(labels)

@@ -9,6 +9,13 @@ At a pruning event (Alg. 2 lines 4-8):
    ``create_graph`` so the trace is differentiated w.r.t. v (third order), for ``gate_steps`` batches;
 3. the final gates are the scores: the callback keeps the TopK (with layer protection).
 
+Measurements logged in every event's record (small numbers; docs/pl-method.md "What decides PL's
+ranking"): how far the final gates spread (``gate_spread``), how each gate input correlates with the gates
+(``gate_feature_correlation``, Spearman), and how noisy the Hutchinson trace is at the final gates
+(``probe_noise``: ``probe_check`` probes on each of ``probe_check_batches`` batches). Ablation settings:
+``features`` (which inputs the gating network sees) and ``gate_full_pass`` (gate training on one epoch's
+worth of batches, Alg. 2 lines 6-7 "for each batch in S", instead of ``gate_steps``).
+
 The Hessian is taken of ``hessian_scalar``: ``"loss"`` (default: the training loss, the quantity whose
 conditioning the paper's Prop. 8 bounds via the loss Hessian) or ``"logits"`` (sum of the masked-token
 logits, literally Alg. 1's ``f``), w.r.t. the group weights (attention Q/K/V/O, expert, filter weights).
@@ -31,9 +38,10 @@ from torch import Tensor
 
 import plprune.distributed as dist
 from plprune.curvature import compute_group_features, hutchinson_trace
-from plprune.errors import TrainingDivergedError
+from plprune.errors import PlpruneError, TrainingDivergedError
 from plprune.exact_norms import exact_norms
-from plprune.gating import GatingNetwork, normalise_features
+from plprune.gating import GatingNetwork, standardise_columns
+from plprune.keep import PER_LAYER_FOR_FILTERS
 from plprune.pruners.base import GroupScorer, PruneContext
 from plprune.pruners.registration import register_method
 from plprune.seeding import generator
@@ -46,6 +54,8 @@ from plprune.validation import (
 )
 
 HESSIAN_SCALARS = ("loss", "logits")
+FEATURE_SETS = ("both", "min_eigenvalue", "entropy", "shuffled")
+KERNEL_FEATURES = ("log_min_eigenvalue", "entropy")
 
 
 @dataclass
@@ -67,6 +77,15 @@ class PLConfig:
     chunk_size: int | None = 1
     scale_to_mean_one: bool = True
     log_min_eigenvalue: bool = True
+    # ablations (docs/pl-method.md): which kernel features the gating network sees — "both" (the paper),
+    # "min_eigenvalue" or "entropy" only (the other column set to 0), "shuffled" (rows permuted across
+    # the groups of a kind: the same feature values, no link to the group)
+    features: str = "both"
+    # gate training on steps_per_epoch batches (Alg. 2 lines 6-7, "for each batch in S") instead of gate_steps
+    gate_full_pass: bool = False
+    # measurement only (not used for the gates): Hutchinson probes per batch and batches, at the final gates
+    probe_check: int = 8
+    probe_check_batches: int = 2
 
     def __post_init__(self) -> None:
         check_non_negative_float("alpha", self.alpha)
@@ -80,6 +99,11 @@ class PLConfig:
         check_positive_int("feature_samples", self.feature_samples)
         if self.chunk_size is not None:
             check_positive_int("chunk_size", self.chunk_size)
+        check_choice("features", self.features, FEATURE_SETS)
+        if not isinstance(self.gate_full_pass, bool):
+            raise PlpruneError(f"gate_full_pass must be true or false, got {self.gate_full_pass!r}")
+        check_non_negative_int("probe_check", self.probe_check)
+        check_positive_int("probe_check_batches", self.probe_check_batches)
 
 
 def _hessian_scalar(kind: str, context: PruneContext, batch: tuple[Tensor, ...], loss: Tensor) -> Tensor:
@@ -90,11 +114,67 @@ def _hessian_scalar(kind: str, context: PruneContext, batch: tuple[Tensor, ...],
     return context.model(*batch).logits.sum()  # masked LM: logits at the masked positions
 
 
+def spearman(x: Tensor, y: Tensor) -> float:
+    """Spearman rank correlation of two ``(p,)`` vectors (ranks by stable sort, ties in index order);
+    0.0 when either is constant or p < 2."""
+    if x.numel() < 2:
+        return 0.0
+
+    def ranks(v: Tensor) -> Tensor:
+        order = torch.sort(v.detach().double(), stable=True).indices
+        r = torch.empty(v.numel(), dtype=torch.float64)
+        r[order] = torch.arange(v.numel(), dtype=torch.float64)
+        return r
+
+    if bool((x == x[0]).all()) or bool((y == y[0]).all()):
+        return 0.0
+    a, b = ranks(x), ranks(y)
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def gate_spread(gates: Tensor) -> dict[str, float]:
+    """How far the gates spread across groups: std, min, max and max/min of the (mean-1) gates."""
+    g = gates.detach().double()
+    return {
+        "std": float(g.std(unbiased=False)),
+        "min": float(g.min()),
+        "max": float(g.max()),
+        "max_over_min": float(g.max() / g.min()) if float(g.min()) > 0 else float("inf"),
+    }
+
+
+def probe_noise(per_batch: list[Tensor], history: list[float]) -> dict[str, float]:
+    """Noise of Hutchinson's trace estimate: ``per_batch[b]`` = the probe values z_kᵀHz_k on batch b (all at
+    the same gates). ``probe_std``: pooled within-batch std over probes; ``batch_std``: std of the batch
+    means; ``single_probe_rel``: probe_std / |mean| (the relative error of one probe, what Alg. 2 uses per
+    batch); ``training_trace_rel``: std / |mean| of the single-probe traces seen during gate training."""
+    values = torch.stack([v.detach().double() for v in per_batch])  # (batches, probes)
+    mean = float(values.mean())
+    probe_std = float(values.var(dim=1, unbiased=True).mean().sqrt()) if values.shape[1] > 1 else 0.0
+    batch_std = float(values.mean(dim=1).std(unbiased=True)) if values.shape[0] > 1 else 0.0
+    result = {
+        "mean": mean,
+        "probe_std": probe_std,
+        "batch_std": batch_std,
+        "single_probe_rel": probe_std / abs(mean) if mean else float("inf"),
+        "probes": int(values.shape[1]),
+        "batches": int(values.shape[0]),
+    }
+    if len(history) > 1:
+        h = torch.tensor(history, dtype=torch.float64)
+        result["training_trace_rel"] = float(h.std(unbiased=True) / h.mean().abs()) if h.mean() else 0.0
+    return result
+
+
 @register_method("pl", description="PL-regularised gating network (the paper, Alg. 2)", config=PLConfig)
 class PLScorer(GroupScorer):
     """Scores = gates of a gating network trained on loss + α·Hutchinson trace (Alg. 2)."""
 
     name = "pl"
+    # filters: the same fraction from every layer (the global TopK collapses VGG, docs/pl-method.md);
+    # heads and experts: Alg. 2's global TopK
+    allocation = PER_LAYER_FOR_FILTERS
 
     def __init__(self, config: PLConfig | None = None) -> None:
         self.config = config or PLConfig()
@@ -105,9 +185,47 @@ class PLScorer(GroupScorer):
             return dist.gather_samples(batch, self.config.feature_samples)  # type: ignore[return-value]
         return tuple(t[: self.config.feature_samples] for t in batch)
 
+    def extra_features(self, context: PruneContext) -> tuple[Tensor, tuple[str, ...]]:
+        """Further gate inputs beyond the kernel features: a ``(p, k)`` non-negative tensor (standardised on
+        a log scale) and the column names; none for the paper's PL (``pl+`` adds other criteria)."""
+        return torch.zeros(len(context.groups), 0, dtype=torch.float64), ()
+
+    def _gate_inputs(self, context: PruneContext, raw: Tensor) -> Tensor:
+        """Standardised gate inputs (per kind), then the ``features`` ablation."""
+        cfg, groups = self.config, context.groups
+        log_columns = tuple(
+            c for c in range(raw.shape[1]) if (c != 0 or cfg.log_min_eigenvalue) and c != 1
+        )  # column 1 (entropy) is already on a bounded scale
+        inputs = torch.zeros_like(raw, dtype=torch.float64)
+        for kind in groups.kinds:  # heads' and experts' kernels live on different scales
+            index = groups.kind_index(kind)
+            inputs[index] = standardise_columns(raw[index], log_columns)
+        if cfg.features == "min_eigenvalue":
+            inputs[:, 1] = 0.0
+        elif cfg.features == "entropy":
+            inputs[:, 0] = 0.0
+        elif cfg.features == "shuffled":
+            g = generator(context.seed, "pl-shuffled-features", context.event_index)
+            for kind in groups.kinds:
+                index = groups.kind_index(kind)
+                inputs[index] = inputs[index][torch.randperm(len(index), generator=g)]
+        return inputs
+
+    def _gate_batches(self, context: PruneContext) -> int:
+        if not self.config.gate_full_pass:
+            return self.config.gate_steps
+        per_epoch = getattr(context.task, "steps_per_epoch", None)
+        if not isinstance(per_epoch, int) or per_epoch < 1:
+            raise PlpruneError(
+                "gate_full_pass needs a task that knows its steps_per_epoch (the built-in tasks do); "
+                "set gate_steps instead"
+            )
+        return per_epoch
+
     def scores(self, context: PruneContext) -> Tensor:
         cfg = self.config
         model, groups = context.model, context.groups
+        extra, extra_names = self.extra_features(context)  # other criteria score in their own modes
         # exact third derivatives: plain-op norms, eager attention (foreign models; plprune.exact_norms)
         with exact_norms(model):
             was_training = model.training
@@ -120,14 +238,10 @@ class PLScorer(GroupScorer):
                     self._feature_batch(context),
                     chunk_size=cfg.chunk_size,
                 )
-                # standardised per kind: heads' and experts' kernels live on different scales
-                raw = features.as_matrix()
-                inputs = torch.zeros_like(raw)
-                for kind in groups.kinds:
-                    index = groups.kind_index(kind)
-                    inputs[index] = normalise_features(raw[index], cfg.log_min_eigenvalue)
+                raw = torch.cat([features.as_matrix().double(), extra.double()], dim=1)
+                inputs = self._gate_inputs(context, raw)
                 with torch.random.fork_rng():  # leave the training RNG stream untouched
-                    net = GatingNetwork(cfg.gate_hidden, cfg.scale_to_mean_one).double()
+                    net = GatingNetwork(cfg.gate_hidden, cfg.scale_to_mean_one, raw.shape[1]).double()
                 with torch.no_grad():  # seeded per event
                     g = generator(context.seed, "gating-init", context.event_index)
                     net.hidden.weight.copy_(
@@ -141,7 +255,8 @@ class PLScorer(GroupScorer):
                 weights = groups.parameters()
                 history: list[dict[str, float]] = []
                 skipped = 0
-                for b in range(cfg.gate_steps):
+                gate_batches = self._gate_batches(context)
+                for b in range(gate_batches):
                     batch = context.task.train_batch(context.step + b)
                     gates = net(inputs)
                     with groups.soft_gates(gates.to(weights[0].dtype)):
@@ -177,25 +292,58 @@ class PLScorer(GroupScorer):
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     history.append({"loss": float(logged[0]), "trace": float(logged[1])})
-                if cfg.gate_steps and skipped == cfg.gate_steps:
+                if gate_batches and skipped == gate_batches:
                     raise TrainingDivergedError(
                         "every gate-training batch gave a NaN/Inf objective; lower --alpha or --gate-lr"
                     )
                 with torch.no_grad():
                     final_gates = net(inputs).float()
+                noise = self._probe_noise(context, final_gates, history) if cfg.alpha > 0 else None
             finally:
                 groups.clear_soft_gates()
                 model.train(was_training)
+        names = (*KERNEL_FEATURES, *extra_names)
         context.log.update(
             features={
                 "min_eigenvalue": features.min_eigenvalue.tolist(),
                 "max_eigenvalue": features.max_eigenvalue.tolist(),
                 "condition_number": features.condition_number.tolist(),
                 "entropy": features.entropy.tolist(),
+                **{name: extra[:, i].tolist() for i, name in enumerate(extra_names)},
             },
             gates=final_gates.tolist(),
             gate_training=history,
+            gate_batches=gate_batches,
             gate_batches_skipped=skipped,
+            gate_spread=gate_spread(final_gates),
+            gate_feature_correlation={
+                name: spearman(final_gates.double(), raw[:, i]) for i, name in enumerate(names)
+            },
+            probe_noise=noise,
             pl_config=asdict(cfg),
         )
         return final_gates
+
+    def _probe_noise(
+        self, context: PruneContext, gates: Tensor, history: list[dict[str, float]]
+    ) -> dict[str, float] | None:
+        """Hutchinson noise at the final gates (measurement only; its own probe stream)."""
+        cfg = self.config
+        if cfg.probe_check < 1:
+            return None
+        groups, weights = context.groups, context.groups.parameters()
+        stream = generator(context.seed, "probe-check", context.event_index)
+        per_batch = []
+        for b in range(cfg.probe_check_batches):
+            batch = context.task.train_batch(context.step + b)
+            with groups.soft_gates(gates.detach().to(weights[0].dtype)):
+                loss = context.task.loss(context.model, batch)
+                estimate = hutchinson_trace(
+                    _hessian_scalar(cfg.hessian_scalar, context, batch, loss),
+                    weights,
+                    num_probes=cfg.probe_check,
+                    distribution=cfg.probe_distribution,
+                    generator=stream,
+                )
+            per_batch.append(estimate.per_probe)
+        return probe_noise(per_batch, [h["trace"] for h in history])

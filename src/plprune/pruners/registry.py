@@ -39,7 +39,8 @@ for _module in pkgutil.iter_modules(_package.__path__):
 
 # display order (reports, help): the reference, the paper's method, then the baselines; new methods follow
 _PREFERRED = (
-    *("dense", "pl", "random", "imp", "magnitude", "grad-score", "snip", "grasp", "fpgm", "chip", "dpfps"),
+    *("dense", "pl", "pl+", "random", "imp", "magnitude", "grad-score", "snip", "grasp", "fpgm", "chip"),
+    "dpfps",
 )
 METHOD_NAMES: tuple[str, ...] = tuple(
     sorted(METHODS, key=lambda m: _PREFERRED.index(m) if m in _PREFERRED else len(_PREFERRED))

@@ -3,6 +3,10 @@
 Perplexities are exp(token-weighted mean cross-entropy at masked positions) on a fixed, seeded masking
 of fixed blocks: ``train_ppl`` on a seeded sample of training blocks (model in eval mode), ``test_ppl``
 on the held-out split, ``delta_ppl = test_ppl - train_ppl`` (the paper's ΔPPL, Table 1).
+
+Training batches are masked afresh per step (dynamic masking, the default) or, with ``static_masking``,
+drawn from one fixed masking of every training block (:func:`plprune.data.mlm.static_masking`); then
+``train_ppl`` is measured on that same fixed masking of its sample blocks (the training objective itself).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from plprune.data import MlmData, MlmMasker, fixed_masked_batches
+from plprune.data.mlm import static_masking as mask_once
 from plprune.errors import DataError
 from plprune.seeding import generator
 from plprune.tasks.sampling import EpochSampler
@@ -25,7 +30,9 @@ KERNEL_OUTPUTS = ("loss", "logit")
 class MlmTask:
     """Batches, loss and evaluation for MLM; see the module docstring for the metrics."""
 
-    def __init__(self, data: MlmData, batch_size: int, seed: int, eval_batches: int = 8) -> None:
+    def __init__(
+        self, data: MlmData, batch_size: int, seed: int, eval_batches: int = 8, static_masking: bool = False
+    ) -> None:
         self.name = "mlm"
         self.data = data
         self.batch_size = check_positive_int("batch_size", batch_size)
@@ -45,9 +52,17 @@ class MlmTask:
         self.steps_per_epoch = self.sampler.steps_per_epoch
         eval_blocks = self.eval_batches * self.batch_size
         train_sample = torch.randperm(n_train, generator=generator(seed, "train-eval-sample"))[:eval_blocks]
-        self._train_eval = fixed_masked_batches(
-            data.train_blocks[train_sample], self.masker, self.batch_size, seed=seed + 1
-        )
+        self.static_masking = bool(static_masking)
+        self._static: tuple[Tensor, Tensor] | None = None
+        if self.static_masking:
+            self._static = mask_once(data.train_blocks, self.masker, seed)
+            self._train_eval = [
+                (self._static[0][i], self._static[1][i]) for i in train_sample.split(self.batch_size)
+            ]
+        else:
+            self._train_eval = fixed_masked_batches(
+                data.train_blocks[train_sample], self.masker, self.batch_size, seed=seed + 1
+            )
         self._test_eval = fixed_masked_batches(
             data.test_blocks, self.masker, self.batch_size, seed=seed + 2, max_blocks=eval_blocks
         )
@@ -56,6 +71,8 @@ class MlmTask:
     def train_batch(self, step: int) -> tuple[Tensor, Tensor]:
         """Batch number ``step`` (0-based): epoch-wise seeded permutation, seeded MLM masking."""
         index = self.sampler.indices(step)
+        if self._static is not None:
+            return self._static[0][index], self._static[1][index]
         return self.masker(self.data.train_blocks[index], generator(self.seed, "mask", step))
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:

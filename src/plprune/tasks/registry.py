@@ -93,7 +93,13 @@ def _build_mlm(
         keep = max(config.train.batch_size, round(config.data.train_fraction * data.train_blocks.shape[0]))
         data = dataclasses.replace(data, train_blocks=data.train_blocks[:keep])
     model = mlm_model_for(config, tokenizer.vocab_size, switch=switch, hf=hf)
-    task = MlmTask(data, config.train.batch_size, config.train.seed, config.train.eval_batches)
+    task = MlmTask(
+        data,
+        config.train.batch_size,
+        config.train.seed,
+        config.train.eval_batches,
+        static_masking=config.data.masking == "static",
+    )
     return model, task
 
 

@@ -1,0 +1,72 @@
+"""The over-parameterised suite's plan, its regime test, and the paper-gpu suite end to end at a tiny size
+(with the report's paired statistics and PL measurements)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from plprune.bench.compare import run_jobs
+from plprune.bench.comparisons import paired_rows, ratio_groups
+from plprune.bench.report import write_report
+from plprune.bench.results import load_results, metric_family
+from plprune.bench.suites import SUITES, RegimeTest, plan_suite
+
+
+def test_overparam_plan(tmp_path: Path) -> None:
+    jobs = plan_suite("overparam", tmp_path, data_dir="/data")
+    variants = {(j.variant, j.seed): j for j in jobs}
+    assert len(jobs) == len(variants) == 105  # 6 methods + 10 ratio variants + 5 PL ablations, 5 seeds
+    # main comparison first, seed by seed; then each ablation block seed by seed
+    assert [(j.variant, j.seed) for j in jobs[:7]][-1] == ("dense", 1)
+    assert jobs[30].variant == "pl@r90" and jobs[30].seed == 0
+    # PL's setting ablations form one block, seed by seed
+    assert [(j.variant, j.seed) for j in jobs[80:86]] == [
+        *(("pl@" + a, 0) for a in ("lmin-only", "entropy-only", "shuffled", "full-pass", "alpha0")),
+        ("pl@lmin-only", 1),
+    ]
+    config = variants[("pl@shuffled", 3)].config
+    assert config["prune"]["pl"]["features"] == "shuffled" and config["prune"]["ratio"] == 0.75
+    assert variants[("pl@full-pass", 0)].config["prune"]["pl"]["gate_full_pass"] is True
+    assert variants[("random@r90", 2)].config["prune"]["ratio"] == 0.9
+    data = variants[("dense", 0)].config["data"]
+    assert (data["masking"], data["train_fraction"], data["data_dir"]) == ("static", 0.06, "/data")
+
+
+def test_regime_test() -> None:
+    test = RegimeTest(max_train_ppl=50, min_test_over_train=10)
+    assert test.check({"train_ppl": 30.0, "test_ppl": 2100.0})[0]
+    assert not test.check({"train_ppl": 120.0, "test_ppl": 1100.0})[0]  # under-fitted
+    assert not test.check({"train_ppl": 40.0, "test_ppl": 100.0})[0]  # fits, but generalises
+    assert test.check({"train_accuracy": 100.0})[0] and not test.check({"train_accuracy": 97.0})[0]
+
+
+def test_ratio_groups_share_dense() -> None:
+    runs = {v: {0: {}} for v in ("dense", "pl", "random", "pl@r90", "random@r90", "pl@shuffled")}
+    groups = ratio_groups(runs, 0.75)
+    assert groups[0.75] == {"dense": "dense", "pl": "pl", "random": "random", "pl@shuffled": "pl@shuffled"}
+    assert groups[0.9] == {"pl": "pl@r90", "random": "random@r90", "dense": "dense"}
+
+
+def test_paper_gpu_suite_end_to_end_at_tiny_size(tiny_wikitext_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    methods = ["dense", "pl", "random"]
+    jobs = plan_suite("paper-gpu-tiny", out, seeds=[0, 1], methods=methods, data_dir=str(tiny_wikitext_dir))
+    paper_gpu = SUITES["paper-gpu"].tasks[0].base
+    assert paper_gpu["model"] == {"layers": 6, "hidden": 256, "heads": 8, "ffn": 1024}
+    assert paper_gpu["data"]["seq_len"] == 128
+    records = run_jobs(jobs, out, suite="paper-gpu-tiny", workers=1, command="test")
+    assert [r["error"] for r in records] == [None] * 6
+    loaded = load_results(out)
+    runs = loaded.tasks["bert-paper-gpu"]
+    family = metric_family(runs["pl"][0])
+    rows = paired_rows(runs, 0.75, family)
+    assert {(r["A"], r["B"]) for r in rows} == {("pl", "dense"), ("pl", "random")}
+    expected = runs["pl"][0]["final"]["test_ppl"] / runs["random"][0]["final"]["test_ppl"]
+    row = next(r for r in rows if r["B"] == "random")
+    assert row["_result"].per_seed[0] == expected
+    text = write_report(out).read_text(encoding="utf-8")
+    assert "Paired comparisons" in text and "What PL's gates saw" in text and "75% pruned" in text
+    assert "no difference detected" in text or "beats" in text
+    saved = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert saved["tasks"]["bert-paper-gpu"]["gates"][0]["variant"] == "pl"
