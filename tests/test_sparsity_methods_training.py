@@ -167,3 +167,30 @@ def test_weight_level_run_resumes_exactly_through_the_trainer(method: str, tmp_p
     assert full_state.keys() == resumed_state.keys()
     for name, tensor in full_state.items():
         assert torch.equal(tensor, resumed_state[name]), name
+
+
+@pytest.mark.parametrize("allocation", ["global", "per_layer"])
+def test_prox_l0_filters_keep_every_conv_alive_during_training(allocation: str) -> None:
+    model = _cnn()
+    with torch.no_grad():  # the second conv's filters are all far weaker than the first's
+        for module in (model[3], model[4]):
+            module.weight.mul_(1e-3)
+            module.bias.mul_(1e-3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    pruner = plprune.Pruner(
+        model, _scorer("prox-l0"), Linear(3, 9, 3, 0.9), kinds="filter", example_inputs=_batch(0)[0],
+        allocation=allocation,
+    ).attach(optimizer)
+    units = pruner.scorer.method.units
+    assert pruner.scorer.method.allocation == allocation
+    layers = units.layer_index()
+    for step in range(10):
+        pruner.step(step)
+        optimizer.zero_grad()
+        _loss(model, _batch(step)).backward()
+        optimizer.step()
+        alive = units.magnitudes() != 0
+        assert all(bool(alive[layers == layer].any()) for layer in (0, 1)), step
+        if allocation == "per_layer" and step < 9:  # r(t) = 0.9·(t + 1)/9 in each conv of 8 filters
+            share = max(1, 8 - round(0.9 * (step + 1) / 9 * 8))
+            assert [int(alive[layers == layer].sum()) for layer in (0, 1)] == [share, share]

@@ -11,8 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
+from plprune.gates import GroupSet
 from plprune.schedules import OneShot
 from plprune.sparsity.base import Units
+from plprune.sparsity.group_units import GroupUnits
 from plprune.sparsity.prox import (
     PROX_OPERATORS,
     ProximalMethod,
@@ -446,3 +448,75 @@ BAD: list[tuple[str, Callable[[], Any], str]] = [
 def test_bad_input_raises(case: str, call: Callable[[], Any], match: str) -> None:
     with pytest.raises(PlpruneError, match=match):
         call()
+
+
+# -- prox-l0 follows the keep rule: protection and allocation ---------------------------------------------
+def _two_conv_filters() -> tuple[GroupUnits, Tensor]:
+    """A Conv1d(1→8) → Conv1d(8→4) CNN's 12 filters, the second conv's all scaled far below the first's."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv1d(1, 8, 3), nn.ReLU(), nn.Conv1d(8, 4, 3), nn.Flatten(), nn.Linear(8, 2))
+    units = GroupUnits(GroupSet(model, ["filter"], example_inputs=torch.randn(2, 1, 6)))
+    layers = units.layer_index()
+    assert layers.tolist() == [0] * 8 + [1] * 4
+    units.scale_(torch.where(layers == 1, 1e-3, 1.0).double())
+    norms = units.magnitudes()
+    assert float(norms[layers == 1].max()) < float(norms[layers == 0].min())
+    return units, layers
+
+
+def test_prox_l0_on_filters_never_empties_a_layer() -> None:
+    units, layers = _two_conv_filters()
+    before = units.magnitudes()
+    # OneShot(1, 0.75): r(0) = 0.75, n = 12 − round-half-up(9) = 3
+    assert int((l0_projection(before, 3)[layers == 1] != 0).sum()) == 0  # the plain projection empties it
+    method = ProximalMethod("l0")
+    method.bind(units, OneShot(1, 0.75), "global")
+    method.after_update(0, 0.1)
+    after = units.magnitudes()
+    # independent reference: the weak layer keeps its largest filter, the two other places go to layer 0
+    expected = torch.zeros(12, dtype=torch.bool)
+    expected[8 + int(before[8:].argmax())] = True
+    expected[before[:8].topk(2).indices] = True
+    assert torch.equal(after != 0, expected)
+    torch.testing.assert_close(after[expected], before[expected])
+
+
+def test_prox_l0_per_layer_projects_each_layer_onto_its_share() -> None:
+    units, _ = _two_conv_filters()
+    before = units.magnitudes()
+    method = ProximalMethod("l0")
+    method.bind(units, OneShot(1, 0.5), "per_layer")
+    method.after_update(0, 0.1)
+    after = units.magnitudes()
+    # r = 0.5: layer 0 keeps 8 − 4 = 4, layer 1 keeps 4 − 2 = 2, each its own largest
+    expected = torch.zeros(12, dtype=torch.bool)
+    expected[before[:8].topk(4).indices] = True
+    expected[8 + before[8:].topk(2).indices] = True
+    assert torch.equal(after != 0, expected)
+    global_method = ProximalMethod("l0")
+    global_units, _ = _two_conv_filters()
+    global_method.bind(global_units, OneShot(1, 0.5), "global")
+    global_method.after_update(0, 0.1)
+    assert int((global_units.magnitudes()[8:] != 0).sum()) == 1  # global: only the protected one
+
+
+def test_prox_l0_on_weights_keeps_one_weight_per_tensor() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[2].weight.mul_(1e-3)
+    units = WeightUnits(model)
+    before = units.magnitudes()
+    method = ProximalMethod("l0")
+    method.bind(units, OneShot(1, 0.9))  # the weight driver's allocation: global
+    method.after_update(0, 0.1)
+    # n = 18 − round-half-up(16.2) = 2: the largest weight of each tensor
+    expected = torch.zeros(18, dtype=torch.bool)
+    expected[int(before[:12].argmax())] = True
+    expected[12 + int(before[12:].argmax())] = True
+    assert torch.equal(units.magnitudes() != 0, expected)
+
+
+def test_bind_refuses_an_unknown_allocation() -> None:
+    with pytest.raises(PlpruneError, match="allocation"):
+        ProximalMethod("l0").bind(row_units(), OneShot(1, 0.5), "per-layer")

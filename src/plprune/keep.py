@@ -5,11 +5,11 @@ Everything that decides a mask from scores lives here, for every method:
 * :func:`prune_count` — how many of p groups a ratio removes (rounded to nearest);
 * protection — a layer never loses its last group (:func:`check_protection`, :func:`check_ratio`);
 * :func:`protected_top_k` — the TopK of one kind with protection;
-* :data:`ALLOCATIONS` and :func:`select_mask` — ``"global"`` (one TopK over all groups of a kind: layer
-  sparsity emerges from the scores, as in PL, IMP, SNIP) or ``"per_layer"`` (every layer loses the same
-  fraction, ranked within the layer, as FPGM and CHIP), or ``"per_layer_for_filters"`` (per layer for
-  conv filters, global for heads and experts: PL's default, since the global TopK collapses VGG's filters,
-  docs/pl-method.md).
+* :data:`ALLOCATIONS`, :func:`kind_mask` (one kind) and :func:`select_mask` (every kind of a GroupSet) —
+  ``"global"`` (one TopK over all groups of a kind: layer sparsity emerges from the scores, as in PL, IMP,
+  SNIP) or ``"per_layer"`` (every layer loses the same fraction, ranked within the layer, as FPGM and CHIP),
+  or ``"per_layer_for_filters"`` (per layer for conv filters, global for heads and experts: PL's default,
+  since the global TopK collapses VGG's filters, docs/pl-method.md; :func:`kind_allocation` resolves it).
 
 Inputs are plain tensors (scores, layer ids, alive masks), so the rule is testable without a model.
 """
@@ -118,17 +118,42 @@ def select_mask(
     for kind in groups.kinds:
         kind_ratio = ratio if isinstance(ratio, (int, float)) else ratio.get(kind, 0.0)
         index = groups.kind_index(kind)
-        if allocation == "global" or (allocation == PER_LAYER_FOR_FILTERS and kind != "filter"):
-            keep = len(index) - prune_count(len(index), kind_ratio)
-            mask[index] = protected_top_k(
-                scores[index], keep, groups.layer_ids[index], alive=groups.mask[index]
-            )
-            continue
-        for layer in torch.unique(groups.layer_ids[index]):
-            members = index[groups.layer_ids[index] == layer]
-            keep = max(1, len(members) - prune_count(len(members), kind_ratio))
-            keep = min(keep, int(groups.mask[members].sum()))
-            mask[members] = protected_top_k(
-                scores[members], keep, groups.layer_ids[members], alive=groups.mask[members]
-            )
+        mask[index] = kind_mask(
+            scores[index], kind_ratio, groups.layer_ids[index], groups.mask[index],
+            kind_allocation(allocation, kind),
+        )
+    return mask
+
+
+def kind_allocation(allocation: str, kind: str | None) -> str:
+    """The allocation one kind gets: ``"per_layer_for_filters"`` is ``"per_layer"`` for ``"filter"`` groups
+    and ``"global"`` for every other kind (``None``: single weights); the others apply to every kind."""
+    check_choice("allocation", allocation, ALLOCATIONS)
+    if allocation == PER_LAYER_FOR_FILTERS:
+        return "per_layer" if kind == "filter" else "global"
+    return allocation
+
+
+def kind_mask(
+    scores: Tensor, ratio: float, layer_ids: Tensor, alive: Tensor | None = None, allocation: str = "global"
+) -> Tensor:
+    """Keep mask of the ``p`` groups of one kind at pruned ratio ``ratio`` (the rule of :func:`select_mask`
+    for one kind; also the ℓ0 projection's kept set, :class:`plprune.sparsity.prox.ProximalMethod`).
+
+    ``"global"``: :func:`protected_top_k` keeps ``p − prune_count(p, ratio)`` groups. ``"per_layer"``: every
+    layer of ``c`` groups keeps ``max(1, c − prune_count(c, ratio))`` of them (at most its alive ones), the
+    best-scored alive ones of that layer. (``"per_layer_for_filters"`` needs the kind: resolve it with
+    :func:`kind_allocation` first.)
+    """
+    check_choice("allocation", allocation, ("global", "per_layer"))
+    p = scores.shape[0]
+    alive = torch.ones(p, dtype=torch.bool) if alive is None else alive.to(torch.bool)
+    if allocation == "global":
+        return protected_top_k(scores, p - prune_count(p, ratio), layer_ids, alive=alive)
+    mask = torch.zeros(p, dtype=torch.bool)
+    for layer in torch.unique(layer_ids):
+        members = (layer_ids == layer).nonzero().flatten()
+        keep = max(1, len(members) - prune_count(len(members), ratio))
+        keep = min(keep, int(alive[members].sum()))
+        mask[members] = protected_top_k(scores[members], keep, layer_ids[members], alive=alive[members])
     return mask

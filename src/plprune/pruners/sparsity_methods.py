@@ -51,7 +51,7 @@ class SparsityPlugin(PrunerPlugin):
 
     def bind(self, pruner: Any) -> None:
         self.pruner = pruner
-        self.method.bind(GroupUnits(pruner.groups), pruner.schedule)
+        self.method.bind(GroupUnits(pruner.groups), pruner.schedule, pruner.allocation)
 
     def on_step_start(self, pruner: Any, step: int) -> None:
         if self.finished:

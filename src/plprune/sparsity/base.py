@@ -11,7 +11,7 @@ A :class:`SparsityMethod` is driven by a pruning driver (:class:`plprune.weight_
 weights, :class:`plprune.pruner.Pruner` for groups) around the caller's optimizer:
 
 * :meth:`SparsityMethod.bind` once, with the units, the pruning schedule (its last event ends the
-  regularisation; its final ratio is the target sparsity);
+  regularisation; its final ratio is the target sparsity) and the driver's allocation;
 * :meth:`SparsityMethod.on_step_start` before each forward pass (e.g. sample stochastic gates);
 * :meth:`SparsityMethod.before_update` when gradients are ready (e.g. add a penalty's gradient, keep only
   the top-Q gradients);
@@ -30,7 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from plprune.keep import ALLOCATIONS
 from plprune.schedules import Schedule
+from plprune.validation import check_choice
 
 __all__ = ["SparsityMethod", "Units"]
 
@@ -74,6 +76,19 @@ class Units(ABC):
     def alive(self) -> Tensor:
         """``(n,)`` bool: units not removed by the driver's hard mask."""
 
+    def layer_index(self) -> Tensor:
+        """``(n,)`` long: the layer of each unit, for the keep rule (a layer never loses its last unit;
+        per-layer allocation ranks within it). Default: all units in one layer."""
+        return torch.zeros(len(self), dtype=torch.long)
+
+    def kind_indices(self) -> list[Tensor]:
+        """The unit indices of each kind, ranked separately by the keep rule. Default: one kind."""
+        return [torch.arange(len(self))]
+
+    def kind_names(self) -> list[str | None]:
+        """The kind of each entry of :meth:`kind_indices` (``None``: single weights, no group kind)."""
+        return [None]
+
     @property
     def device(self) -> torch.device:
         return self.magnitudes().device
@@ -89,10 +104,12 @@ class SparsityMethod:
 
     name: str = "magnitude"
 
-    def bind(self, units: Units, schedule: Schedule) -> None:
-        """Called once by the driver before training starts (or resumes)."""
+    def bind(self, units: Units, schedule: Schedule, allocation: str = "global") -> None:
+        """Called once by the driver before training starts (or resumes); ``allocation`` is the driver's
+        keep rule (:data:`plprune.keep.ALLOCATIONS`), for methods that select units themselves."""
         self.units = units
         self.schedule = schedule
+        self.allocation = check_choice("allocation", allocation, ALLOCATIONS)
         events = schedule.events()
         self.end_step = events[-1].step if events else 0
         self.target_ratio = events[-1].ratio if events else 0.0

@@ -129,8 +129,8 @@ class ContinuousSparsificationMethod(SparsityMethod):
         self._finished = False
 
     # -- binding and state ---------------------------------------------------------------------------------
-    def bind(self, units: Units, schedule: Schedule) -> None:
-        super().bind(units, schedule)
+    def bind(self, units: Units, schedule: Schedule, allocation: str = "global") -> None:
+        super().bind(units, schedule, allocation)
         self.s = torch.full((len(units),), self.init_score, device=units.device, requires_grad=True)
         self.optimizer = torch.optim.Adam([self.s], lr=self.gate_lr)
         self._finished = False

@@ -104,3 +104,13 @@ class GroupUnits(Units):
 
     def alive(self) -> Tensor:
         return self.groups.mask.clone()
+
+    def layer_index(self) -> Tensor:
+        """The GroupSet's layer ids (one per site: a conv's filters, a block's heads)."""
+        return self.groups.layer_ids.clone()
+
+    def kind_indices(self) -> list[Tensor]:
+        return [self.groups.kind_index(kind) for kind in self.groups.kinds]
+
+    def kind_names(self) -> list[str | None]:
+        return list(self.groups.kinds)

@@ -220,8 +220,8 @@ class HardConcreteMethod(SparsityMethod):
         self._finished = False
 
     # -- binding and state ---------------------------------------------------------------------------------
-    def bind(self, units: Units, schedule: Schedule) -> None:
-        super().bind(units, schedule)
+    def bind(self, units: Units, schedule: Schedule, allocation: str = "global") -> None:
+        super().bind(units, schedule, allocation)
         init = math.log(self.init_keep / (1.0 - self.init_keep))
         self.log_alpha = torch.full((len(units),), init, device=units.device, requires_grad=True)
         self.optimizer = torch.optim.Adam([self.log_alpha], lr=self.gate_lr)

@@ -14,7 +14,7 @@ of a penalty ``R`` (for SCAD and MCP, whose ``λ`` sits inside the penalty, of `
 * :func:`firm_threshold` — firm shrinkage (Gao & Bruce 1997), ``0 ≤ λ < μ``: MCP's prox with ``γ = μ/λ``;
 * :func:`hard_threshold` — ℓ0, ``R = 1[z ≠ 0]``;
 * :func:`l0_projection` — the Euclidean projection onto ``{‖z‖₀ ≤ n}`` (not element-wise: keeps the ``n``
-  largest entries).
+  largest entries; the training method applies the keep rule's per-layer protection and allocation on top).
 
 The penalties (``l1_penalty`` ... ``l0_penalty``, ``λ`` included) let a caller check optimality.
 :data:`PROX_OPERATORS` names them for the training method: ``"l1"``, ``"lq"``, ``"q-shrink"``, ``"scad"``,
@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from plprune.errors import PlpruneError
+from plprune.keep import kind_allocation, kind_mask
 from plprune.schedules import Schedule
 from plprune.sparsity.base import SparsityMethod, Units
 from plprune.validation import check_choice, check_non_negative_float, check_non_negative_int
@@ -420,9 +421,14 @@ class ProximalMethod(SparsityMethod):
     ``strength`` is λ. The step is the prox of ``ηλR`` for ℓ1, ℓq, ℓ0, q-shrink; for SCAD/MCP/firm the
     same family's prox at threshold ``ηλ`` with the shape parameter unchanged (``a``, ``γ``; for firm both
     λ and μ are scaled by η, so ``μ/λ`` is the shape). Operator ``"l0"`` ignores ``strength`` and projects
-    onto ``‖θ‖₀ ≤ n``: ``n = total − round-half-up(r(t)·total)`` (capped at the alive units), with
-    ``r(t) = target_ratio·min(1, (t + 1)/end_step)`` a linear ramp to the schedule's final ratio
-    (iterative pruning's projection step). Scores at pruning events are the magnitudes. Pruned units
+    the magnitudes onto ``‖θ‖₀ ≤ n`` under the driver's keep rule (:func:`plprune.keep.kind_mask`, each kind
+    of units separately): it keeps the units the rule keeps at ratio ``r(t) = target_ratio·min(1,
+    (t + 1)/end_step)``, a linear ramp to the schedule's final ratio (iterative pruning's projection step),
+    and zeroes the rest. With ``allocation="global"`` it keeps ``n = total − round-half-up(r(t)·total)``
+    units: the largest magnitude of every layer (a GroupSet layer; for weights, a tensor), so the projection
+    never empties a layer, then the largest of the rest; with ``"per_layer"`` every layer of ``c`` units is
+    projected onto its own ``max(1, c − round-half-up(r(t)·c))`` largest. Pruned units have magnitude 0,
+    so they count among the zeros. Scores at pruning events are the magnitudes. Pruned units
     (``units.alive()`` False) are set to (kept at) 0.
     """
 
@@ -440,16 +446,33 @@ class ProximalMethod(SparsityMethod):
         self.name = f"prox-{self.operator.name}"
         self.threshold = 0.0
 
-    def bind(self, units: Units, schedule: Schedule) -> None:
-        super().bind(units, schedule)
+    def bind(self, units: Units, schedule: Schedule, allocation: str = "global") -> None:
+        super().bind(units, schedule, allocation)
         self.threshold = 0.0
 
+    def ramp_ratio(self, step: int) -> float:
+        """``r(step) = target_ratio·min(1, (step + 1)/end_step)``, the ℓ0 projection's ratio at ``step``."""
+        return self.target_ratio * min(1.0, (step + 1) / self.end_step) if self.end_step > 0 else 0.0
+
     def kept_count(self, step: int) -> int:
-        """``n`` of the ℓ0 projection at ``step`` (see the class docstring)."""
+        """``n`` of the ℓ0 projection at ``step`` over all units, ``total − round-half-up(r·total)`` capped
+        at the alive units (the class docstring; per-kind and per-layer shares are :meth:`l0_keep`'s)."""
         alive = int(self.units.alive().sum())
         total = len(self.units)
-        ratio = self.target_ratio * min(1.0, (step + 1) / self.end_step) if self.end_step > 0 else 0.0
-        return max(0, min(alive, total - math.floor(ratio * total + 0.5)))
+        return max(0, min(alive, total - math.floor(self.ramp_ratio(step) * total + 0.5)))
+
+    def l0_keep(self, magnitudes: Tensor, step: int) -> Tensor:
+        """``(n,)`` bool: the units the ℓ0 projection keeps at ``step``: the driver's keep rule
+        (:func:`plprune.keep.kind_mask`) at ratio ``r(step)`` on ``magnitudes`` (pruned units at 0), for
+        each kind of units separately, with the bound allocation."""
+        scores = magnitudes.detach().double().cpu()
+        layers = self.units.layer_index().cpu()
+        ratio = self.ramp_ratio(step)
+        keep = torch.zeros(len(scores), dtype=torch.bool)
+        for index, kind in zip(self.units.kind_indices(), self.units.kind_names(), strict=True):
+            allocation = kind_allocation(self.allocation, kind)
+            keep[index] = kind_mask(scores[index], ratio, layers[index], allocation=allocation)
+        return keep
 
     @torch.no_grad()
     def after_update(self, step: int, lr: float) -> None:
@@ -466,8 +489,7 @@ class ProximalMethod(SparsityMethod):
         alive = self.units.alive().to(magnitudes.device)
         m = torch.where(alive, magnitudes.to(dtype), torch.zeros((), dtype=dtype, device=magnitudes.device))
         if self.operator.name == "l0":
-            n = self.kept_count(step)
-            new = l0_projection(m, n)
+            new = torch.where(self.l0_keep(m, step).to(m.device), m, torch.zeros_like(m))
             dropped = m[(new == 0) & (m > 0)]
             self.threshold = float(dropped.max()) if dropped.numel() else 0.0
         else:

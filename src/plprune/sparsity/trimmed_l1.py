@@ -200,8 +200,8 @@ class TrimmedL1Method(SparsityMethod):
         self.w: Tensor | None = None
         self.h = 0
 
-    def bind(self, units: Units, schedule: Schedule) -> None:
-        super().bind(units, schedule)
+    def bind(self, units: Units, schedule: Schedule, allocation: str = "global") -> None:
+        super().bind(units, schedule, allocation)
         n = len(units)
         h = n - prune_count(n, self.target_ratio) if self.trimmed is None else self.trimmed
         if h > n:

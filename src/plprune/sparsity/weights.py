@@ -132,6 +132,10 @@ class WeightUnits(Units):
     def alive(self) -> Tensor:
         return torch.cat([m.flatten() for m in self.mask])
 
+    def layer_index(self) -> Tensor:
+        """Each weight's tensor (a tensor never loses its last weight)."""
+        return self.layer_ids.clone()
+
     # -- the hard mask (driven by plprune.weight_pruner.WeightPruner) ----------------------------------
     def apply_mask(self, keep: Tensor) -> None:
         """Set the hard mask from a flat bool ``(n,)`` vector (True = keep) and zero removed weights.
