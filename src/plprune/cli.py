@@ -107,7 +107,9 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
         "prune",
         "allocation",
         str,
-        "global (rank groups of a kind together) or per_layer (same fraction per layer); default: method's",
+        "global (rank groups of a kind together), per_layer (same fraction per layer) or "
+        "per_layer_for_filters (per layer for conv filters, global otherwise; PL's default); "
+        "default: the method's",
     ),
     ("--kind-ratios", "prune", "kind_ratios", _kind_ratios, "final ratio per kind, e.g. head=0.5,expert=0.5"),
 ]
