@@ -25,6 +25,7 @@ from plprune.cli import main
 from plprune.curvature import compute_group_features
 from plprune.gates import GroupSet
 from plprune.models import BertConfig, BertForMaskedLM
+from tiny_data import write_tiny_wikitext
 
 pytestmark = pytest.mark.skipif(
     not (tdist.is_available() and tdist.is_gloo_available()),
@@ -89,23 +90,7 @@ def assert_same_run(ddp: dict, single: dict) -> None:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    sentences = [
-        "the cat sat on the mat and looked at the dog .",
-        "a dog ran to the park with a red ball .",
-        "= heading = it was a sunny day in the town of <unk> .",
-        "the old man read a book by the warm fire .",
-        "she wrote a letter to her friend in the city .",
-    ]
-    gen = torch.Generator().manual_seed(1)
-
-    def text(lines: int) -> str:
-        picks = torch.randint(len(sentences), (lines, 3), generator=gen).tolist()
-        return "".join(" " + " ".join(sentences[i] for i in row) + " \n" for row in picks)
-
-    directory = tmp_path_factory.mktemp("wikitext")
-    (directory / "valid.txt").write_text(text(120))
-    (directory / "test.txt").write_text(text(40))
-    return directory
+    return write_tiny_wikitext(tmp_path_factory.mktemp("wikitext"))
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -142,6 +143,18 @@ class TransformerLayer(nn.Module):
         return self.ffn_norm(hidden + self.dropout(self.feed_forward(hidden)))
 
 
+
+def init_bert_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation, for ``model.apply``: Linear/Embedding weights ~ N(0, std²), biases 0, LayerNorm
+    weight 1 and bias 0 (Devlin et al. 2019; Hugging Face's ``BertPreTrainedModel._init_weights``)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
 class MaskedLMHead(nn.Module, ABC):
     """The masked-LM interface every plprune task and pruner uses, built on two methods a subclass provides:
     ``encode(input_ids, attention_mask) -> (B, T, hidden)`` and ``lm_logits(hidden) -> (..., V)``
@@ -227,17 +240,7 @@ class BertForMaskedLM(MaskedLMHead):
         self.head_transform = nn.Linear(hidden, hidden)
         self.head_norm = LayerNorm(hidden, eps=config.layer_norm_eps)
         self.decoder_bias = nn.Parameter(torch.zeros(config.vocab_size))
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        self.apply(functools.partial(init_bert_weights, std=config.initializer_range))
 
     @property
     def attention_layers(self) -> list[MultiHeadSelfAttention]:

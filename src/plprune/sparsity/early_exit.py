@@ -24,6 +24,7 @@ shrinking batch and dropout would make the result differ from the full forward p
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
-from plprune.models.bert import BertConfig, TransformerLayer
+from plprune.models.bert import BertConfig, TransformerLayer, init_bert_weights
 from plprune.models.filters import GatedConvBN, check_input_shape, global_average_pool
 from plprune.models.layers import LayerNorm
 from plprune.models.vgg import MaxPoolIfLarger
@@ -441,17 +442,7 @@ class MultiExitBertClassifier(nn.Module):
         self.pooler = nn.Linear(hidden, hidden)
         self.classifier_dropout = nn.Dropout(config.dropout)
         self.classifiers = nn.ModuleList(nn.Linear(hidden, num_classes) for _ in range(config.num_layers))
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        self.apply(functools.partial(init_bert_weights, std=config.initializer_range))
 
     @property
     def num_layers(self) -> int:
