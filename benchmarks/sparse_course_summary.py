@@ -26,8 +26,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-# two-sided 95% Student-t quantiles by degrees of freedom (n - 1 seeds)
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+from plprune.bench.stats import t_quantile
+
 REFERENCE = {"weight": "magnitude", "filter": "pl"}
 
 
@@ -57,12 +57,15 @@ def regulariser_share(run_dir: Path) -> tuple[float | None, float | None]:
 
 
 def paired_interval(differences: list[float]) -> tuple[float, float, float] | None:
-    """Mean of per-seed differences and its 95% paired-t interval (None with fewer than 2 seeds)."""
+    """Mean of per-seed differences and its 95% paired-t interval (None with fewer than 2 seeds).
+
+    Differences, not :func:`plprune.bench.stats.paired_ratio`'s log-ratios: accuracies near chance make
+    ratios misleading, and accuracy points are what the tables show."""
     n = len(differences)
     if n < 2:
         return None
     mean = statistics.fmean(differences)
-    half = T95[n - 1] * statistics.stdev(differences) / math.sqrt(n)
+    half = t_quantile(0.975, n - 1) * statistics.stdev(differences) / math.sqrt(n)
     return mean, mean - half, mean + half
 
 
