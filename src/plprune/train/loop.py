@@ -194,10 +194,17 @@ class Trainer:
             getattr(callback, hook)(self, *args)
 
     def evaluate(self, *, full: bool = False) -> dict[str, Any]:
-        """Evaluate now and log a record (step, epoch, train loss/PPL, test PPL, ΔPPL, lr, wall time)."""
+        """Evaluate now and log a record (step, epoch, train loss/PPL, test PPL, ΔPPL, lr, wall time).
+        Under torchrun rank 0 evaluates and logs; the other ranks receive its record."""
         self._loss_sum = dist.mean_over_ranks(self._loss_sum)  # the ranks' shard losses: the global batch's
-        if not dist.is_main():
-            return self._record_from_main(full)
+        record = dist.broadcast_object(self._evaluate_and_log(full) if dist.is_main() else None)
+        self.history.append(record)
+        if not full:  # the final evaluation keeps them: the final checkpoint then holds the running loss,
+            self._loss_sum, self._loss_count = 0.0, 0  # and a run resumed from it reports the same record
+        return record
+
+    def _evaluate_and_log(self, full: bool) -> dict[str, Any]:
+        """Rank 0's part of :meth:`evaluate`: the record, the callbacks' ``on_evaluate``, the metrics line."""
         train_loss = self._loss_sum / self._loss_count if self._loss_count else float("nan")
         record: dict[str, Any] = {
             "step": self.step,
@@ -214,17 +221,6 @@ class Trainer:
             self.metrics.write(record)
         except OSError as error:
             raise self._write_error(f"cannot append to {self.metrics.path}", error) from error
-        self.history.append(record)
-        if not full:  # the final evaluation keeps them: the final checkpoint then holds the running loss,
-            self._loss_sum, self._loss_count = 0.0, 0  # and a run resumed from it reports the same record
-        dist.broadcast_object(record)
-        return record
-
-    def _record_from_main(self, full: bool) -> dict[str, Any]:
-        record = dist.broadcast_object(None)
-        self.history.append(record)
-        if not full:  # as on rank 0 (evaluate)
-            self._loss_sum, self._loss_count = 0.0, 0
         return record
 
     def _train_step(self) -> float:
