@@ -245,6 +245,8 @@ def _ddp_worker(rank: int, init_file: str, out: str) -> None:
                 },
                 Path(out) / "rank0.pt",
             )
+        tdist.barrier()  # no rank leaves while another still works
+        del pruner, model  # DDP's reducer goes before its process group (else gloo can abort at exit)
     finally:
         tdist.destroy_process_group()
 
