@@ -82,7 +82,7 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
         "data",
         "train_fraction",
         float,
-        "MLM tasks: train on this first fraction of blocks",
+        "train on this first fraction of the training blocks (MLM) or samples (classification)",
     ),
     ("--steps", "train", "steps", int, "optimizer steps (default 2000)"),
     ("--batch-size", "train", "batch_size", int, "blocks per batch (default 16)"),
@@ -340,6 +340,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise PlpruneError(f"{args.out} is a plprune train run directory; give compare an --out of its own")
     tasks = [t for chunk in args.tasks or [] for t in _names(chunk)]
     methods = [m for chunk in args.methods or [] for m in _names(chunk)]
+    variants = [v for chunk in args.variants or [] for v in _names(chunk)]
     data_dir = args.data_dir or os.environ.get("PLPRUNE_DATA_DIR")
     if data_dir:
         data_dir = str(Path(data_dir).resolve())
@@ -351,6 +352,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         data_dir=data_dir,
         ablations=not args.no_ablations,
+        variants=variants or None,
     )
     command = "plprune " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else "plprune compare"
     records = run_jobs(jobs, args.out, suite=args.suite, workers=args.workers, command=command)
@@ -455,6 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--tasks", nargs="+", help="only these tasks of the suite")
     compare.add_argument("--methods", nargs="+", help="only these methods (plus their ablations)")
     compare.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the suite's)")
+    compare.add_argument(
+        "--variants", nargs="+", help="only these runs, named as the suite lists them (e.g. pl@r90+alpha0)"
+    )
     compare.add_argument("--no-ablations", action="store_true", help="skip the suite's ablation runs")
     compare.add_argument("--data-dir", help="WikiText-2 directory (or env PLPRUNE_DATA_DIR)")
     compare.add_argument("--workers", type=int, default=2, help="parallel runs, one thread each (default 2)")

@@ -119,7 +119,10 @@ def select_mask(
         kind_ratio = ratio if isinstance(ratio, (int, float)) else ratio.get(kind, 0.0)
         index = groups.kind_index(kind)
         mask[index] = kind_mask(
-            scores[index], kind_ratio, groups.layer_ids[index], groups.mask[index],
+            scores[index],
+            kind_ratio,
+            groups.layer_ids[index],
+            groups.mask[index],
             kind_allocation(allocation, kind),
         )
     return mask

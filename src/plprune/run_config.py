@@ -33,7 +33,8 @@ MAX_WIDTH_MULTIPLIER = 16.0
 @dataclass
 class DataConfig:
     """Where the data comes from; for text, how it is tokenised and blocked (``num_samples``: MNIST-1D size;
-    ``train_fraction``: train on the first fraction of the training blocks only, vocabulary unchanged —
+    ``train_fraction``: train on the first fraction of the training blocks (text; vocabulary unchanged) or
+    samples (classification) only, test set unchanged —
     a smaller training set makes the same model more over-parameterised; ``masking``: ``"dynamic"``
     (default: a fresh MLM masking per batch) or ``"static"`` (each training block masked once, as BERT's
     original data pipeline; see :func:`plprune.data.mlm.static_masking`).

@@ -100,8 +100,10 @@ def headline(rows: list[dict[str, Any]], runs: Runs, main_ratio: float, family: 
         for other, title in (("random", "random"), (best, f"the best baseline ({best})"), ("dense", "dense")):
             row = by.get((ratio, "pl", other)) if other else None
             if row:
-                parts.append(f"vs {title}: {row['verdict']} (PL/{other} {row['A / B (geo. mean)']}, "
-                             f"95% CI {row['95% CI (paired t)']})")
+                parts.append(
+                    f"vs {title}: {row['verdict']} (PL/{other} {row['A / B (geo. mean)']}, "
+                    f"95% CI {row['95% CI (paired t)']})"
+                )
         plus = by.get((ratio, "pl+", "pl"))
         if plus:
             parts.append(

@@ -87,7 +87,7 @@ def paired_ratio(
 
 
 def verdict(result: PairedRatio, a: str, b: str, *, higher_is_better: bool) -> str:
-    """"A beats B" / "B beats A" when the t interval excludes 1, else "no difference detected"."""
+    """ "A beats B" / "B beats A" when the t interval excludes 1, else "no difference detected"."""
     if not result.excludes_one():
         return "no difference detected"
     a_larger = result.low > 1.0

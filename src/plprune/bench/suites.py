@@ -203,6 +203,7 @@ SUITES: dict[str, Suite] = {
     ),
 }
 
+
 def _course_plan(kind: str, ratio: float, methods: tuple[str, ...]) -> TaskPlan:
     """VGG on MNIST-1D, ``ratio`` of the ``kind`` units (``"weight"``: unstructured) removed on a linear
     schedule (epochs 1-4 of 8); the course's regularisers act until the last event, then fine-tuning."""
@@ -276,13 +277,47 @@ OVERPARAM_METHODS = ("dense", "pl", "pl+", "random", "grad-score", "snip")
 OVERPARAM_RATIO_ABLATIONS = tuple(
     f"{m}@{r}" for r in ("r90", "r50") for m in ("pl", "pl+", "random", "grad-score", "snip")
 )
-OVERPARAM_PL_ABLATIONS = ("pl@lmin-only", "pl@entropy-only", "pl@shuffled", "pl@full-pass", "pl@alpha0")
+OVERPARAM_PL_ABLATIONS = (
+    *("pl@lmin-only", "pl@entropy-only", "pl@shuffled", "pl@full-pass", "pl@alpha0"),
+    *("pl@r50+alpha0", "pl@r90+alpha0"),
+)
+
+
+def _overparam_vgg() -> dict[str, Any]:
+    """The over-parameterised CNN of the ``overparam`` suite: VGG-16 (BN, ¼ width, 0.3 M parameters) on the
+    first 400 of MNIST-1D's 3,200 training samples (``train_fraction`` 0.125; the 800 test samples
+    unchanged), 600 SGD steps (50 epochs of 12 batches): the dense model reaches 100% train accuracy.
+    75% of the filters
+    removed on the paper's linear schedule (E.4), every 2 epochs from epoch 4 to 16."""
+    return {
+        "data": {"num_samples": 4000, "train_fraction": 0.125},
+        "train": {"steps": 600, "eval_every": 100, "eval_batches": 16, "checkpoint_every": 200},
+        "prune": {
+            "kinds": ["filter"],
+            "ratio": 0.75,
+            "schedule": "linear",
+            "prune_at": "4e",
+            "prune_end": "16e",
+            "prune_every": "2e",
+        },
+    }
+
+
+# the baselines again on PL's per-layer filter allocation, so PL's ranking is compared on equal terms; PL with
+# the paper's global TopK; PL without the trace term
+OVERPARAM_CNN_METHODS = ("dense", "pl", "random", "grad-score")
+OVERPARAM_CNN_ABLATIONS = (
+    *(f"{m}@per-layer{r}" for r in ("", "+r50", "+r90") for m in ("random", "grad-score")),
+    *(f"{m}@{r}" for r in ("r50", "r90") for m in ("pl", "random", "grad-score")),
+    *("pl@global", "pl@alpha0"),
+)
 
 SUITES["overparam"] = Suite(
     "overparam",
-    "where PL's premise holds: a BERT that interpolates a small training set (10% of WikiText-2's "
-    "valid.txt, static masking; evaluated on test.txt); heads pruned at 50/75/90%, 5 seeds, paired "
-    "statistics; PL's measurement ablations and pl+ on every seed",
+    "where PL's premise holds: a BERT that interpolates a small training set (6% of WikiText-2's "
+    "valid.txt, static masking; evaluated on test.txt) and a VGG that reaches 100% train accuracy on 400 "
+    "MNIST-1D samples; heads/filters pruned at 50/75/90%, 5 seeds, paired statistics; PL's measurement "
+    "ablations and pl+ (BERT), baselines on PL's per-layer filter allocation (VGG), on every seed",
     (0, 1, 2, 3, 4),
     (
         TaskPlan(
@@ -292,6 +327,15 @@ SUITES["overparam"] = Suite(
             OVERPARAM_RATIO_ABLATIONS + OVERPARAM_PL_ABLATIONS,
             times={"every": "1e"},
             label="bert-overparam",
+            ablation_seeds="all",
+        ),
+        TaskPlan(
+            "vgg-mnist1d",
+            _overparam_vgg(),
+            OVERPARAM_CNN_METHODS,
+            OVERPARAM_CNN_ABLATIONS,
+            times={"every": "2e"},
+            label="vgg-overparam",
             ablation_seeds="all",
         ),
     ),
@@ -423,11 +467,13 @@ def plan_suite(
     seeds: list[int] | None = None,
     data_dir: str | None = None,
     ablations: bool = True,
+    variants: list[str] | None = None,
 ) -> list[Job]:
-    """All jobs of a suite, optionally restricted to some tasks/methods and with other seeds.
+    """All jobs of a suite, optionally restricted to some tasks/methods/variants and with other seeds.
 
     ``methods`` filters the suite's methods of each task (a method that does not apply to a task's group
-    kind is skipped for that task); unknown names raise, listing the valid ones.
+    kind is skipped for that task); ``variants`` keeps only these runs (``METHOD`` or ``METHOD@ABLATION``
+    names as the suite lists them, e.g. ``pl@r90+alpha0``); unknown names raise, listing the valid ones.
     """
     if suite_name not in SUITES:
         raise PlpruneError(f"unknown suite {suite_name!r}; valid: {', '.join(SUITES)}")
@@ -444,6 +490,14 @@ def plan_suite(
         if bad:
             raise PlpruneError(f"unknown method(s) {bad}; valid: {', '.join(METHOD_NAMES)}")
     seeds = list(seeds) if seeds else list(suite.seeds)
+    wanted = set(variants) if variants else None
+    if wanted is not None:
+        known = {v for p in suite.tasks for v in (*p.methods, *p.ablations)}
+        bad = sorted(wanted - known)
+        if bad:
+            raise PlpruneError(
+                f"unknown variant(s) {bad} for suite {suite_name!r}; valid: {', '.join(sorted(known))}"
+            )
     jobs = []
     for plan in suite.tasks:
         if tasks and plan.task not in tasks and plan.name not in tasks:
@@ -452,10 +506,10 @@ def plan_suite(
         if methods:  # methods the user asked for that the suite leaves out but that apply to the task
             kinds = plan.kinds
             chosen += [m for m in methods if m not in chosen and all(k in get_method(m).kinds for k in kinds)]
-        variants = [(v, s) for s in seeds for v in chosen]
+        variant_seeds = [(v, s) for s in seeds for v in chosen]
         if ablations:
             ablation_seeds = seeds if plan.ablation_seeds == "all" else seeds[:1]
-            variants += [
+            variant_seeds += [
                 (a, s)
                 for s in ablation_seeds
                 for a in plan.ablations
@@ -467,9 +521,11 @@ def plan_suite(
                     suffix = variant.partition("@")[2]
                     return "settings" if suffix in SETTING_ABLATIONS else suffix
 
-                blocks = list(dict.fromkeys(block(v) for v, _ in variants))
-                variants.sort(key=lambda v: (blocks.index(block(v[0])), v[1]))
-        for variant, seed in variants:
+                blocks = list(dict.fromkeys(block(v) for v, _ in variant_seeds))
+                variant_seeds.sort(key=lambda v: (blocks.index(block(v[0])), v[1]))
+        if wanted is not None:
+            variant_seeds = [(v, s) for v, s in variant_seeds if v in wanted]
+        for variant, seed in variant_seeds:
             config = variant_config(plan, variant, seed, data_dir, suite.curvature_methods)
             RunConfig.from_dict(config)  # a bad seed (or setting) fails here, before anything is written
             jobs.append(

@@ -143,7 +143,6 @@ class TransformerLayer(nn.Module):
         return self.ffn_norm(hidden + self.dropout(self.feed_forward(hidden)))
 
 
-
 def init_bert_weights(module: nn.Module, std: float) -> None:
     """BERT's initialisation, for ``model.apply``: Linear/Embedding weights ~ N(0, std²), biases 0, LayerNorm
     weight 1 and bias 0 (Devlin et al. 2019; Hugging Face's ``BertPreTrainedModel._init_weights``)."""
@@ -154,6 +153,7 @@ def init_bert_weights(module: nn.Module, std: float) -> None:
     if isinstance(module, LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
 
 class MaskedLMHead(nn.Module, ABC):
     """The masked-LM interface every plprune task and pruner uses, built on two methods a subclass provides:

@@ -69,7 +69,8 @@ def grasp_weight_scores(
 @register_method(
     "grasp",
     description="structured GraSP: group sums of -(-w * Hg) at initialisation",
-    config=ScoreBatchesConfig, paper_schedule={"schedule": "at-init"},
+    config=ScoreBatchesConfig,
+    paper_schedule={"schedule": "at-init"},
 )
 class GraspScorer(GroupScorer):
     """Structured GraSP: keep score ``Σ_{q ∈ group} θ_q (Hg)_q = −Σ S(−θ)`` (higher = keep), g and H of

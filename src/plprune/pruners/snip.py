@@ -51,7 +51,8 @@ def snip_weight_scores(
 @register_method(
     "snip",
     description="structured SNIP: group sums of |w * dL/dw| at initialisation",
-    config=ScoreBatchesConfig, paper_schedule={"schedule": "at-init"},
+    config=ScoreBatchesConfig,
+    paper_schedule={"schedule": "at-init"},
 )
 class SnipScorer(GroupScorer):
     """Structured SNIP: the sum of ``|w ⊙ ∂L/∂w|`` over each group's weights, gradients summed over

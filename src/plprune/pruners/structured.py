@@ -92,7 +92,6 @@ def loss_gradients(loss: Tensor, params: Sequence[Tensor], *, create_graph: bool
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
 
 
-
 @dataclass
 class ScoreBatchesConfig:
     """Settings of the data-driven baselines (grad-score, SNIP, GraSP, CHIP): batches a score averages."""

@@ -75,11 +75,15 @@ def find_sites(
     if "head" in kinds:
         heads, unmatched = find_head_sites(model)
         if not heads:
-            found = f"attention modules of class {', '.join(unmatched)} with no adapter" if unmatched else (
-                "no attention module"
+            found = (
+                f"attention modules of class {', '.join(unmatched)} with no adapter"
+                if unmatched
+                else ("no attention module")
             )
-            raise PlpruneError(f"{type(model).__name__} has no attention heads plprune can find ({found}); "
-                               f"to prune heads, {_HOW_TO_ADAPT}")
+            raise PlpruneError(
+                f"{type(model).__name__} has no attention heads plprune can find ({found}); "
+                f"to prune heads, {_HOW_TO_ADAPT}"
+            )
         sites.extend(heads)
     if "expert" in kinds:
         experts = find_expert_sites(model)

@@ -230,8 +230,15 @@ class _Trace:
         ops = self.tp.ops
         return isinstance(
             node.module,
-            (ops._ElementWiseOp, ops._ReshapeOp, ops._SliceOp, ops._ConcatOp, ops._SplitOp, ops._UnbindOp,
-             ops._ExpandOp),
+            (
+                ops._ElementWiseOp,
+                ops._ReshapeOp,
+                ops._SliceOp,
+                ops._ConcatOp,
+                ops._SplitOp,
+                ops._UnbindOp,
+                ops._ExpandOp,
+            ),
         )
 
     def _reach(self, node: Any, forward: bool) -> set[Any]:
@@ -385,6 +392,7 @@ class _Trace:
         def skip(convs: Iterable[nn.Module], problem: str) -> None:
             for conv in convs:
                 skipped[self.name(conv)] = problem
+
         for conv in self.names:
             if not isinstance(conv, nn.modules.conv._ConvNd) or conv in done:
                 continue

@@ -56,9 +56,7 @@ def bert_config_for(config: RunConfig, vocab_size: int) -> BertConfig:
     )
 
 
-def mlm_model_for(
-    config: RunConfig, vocab_size: int, *, switch: bool = False, hf: bool = False
-) -> nn.Module:
+def mlm_model_for(config: RunConfig, vocab_size: int, *, switch: bool = False, hf: bool = False) -> nn.Module:
     """The masked-LM model a run config describes: plprune's BERT, its Switch variant (``switch``) or a
     Hugging Face BertForMaskedLM of the same sizes (``hf``), freshly initialised."""
     bert_config = bert_config_for(config, vocab_size)
@@ -142,6 +140,9 @@ def _build_cnn(config: RunConfig, data: ClassificationData, architecture: str) -
     else:
         model = ResNet(depth=m.depth, width_multiplier=m.width_multiplier, **shape)
     check_model_input(model, data)
+    if config.data.train_fraction < 1.0:  # fewer training samples, same test set: more over-parameterised
+        keep = max(config.train.batch_size, round(config.data.train_fraction * data.train_y.shape[0]))
+        data = dataclasses.replace(data, train_x=data.train_x[:keep], train_y=data.train_y[:keep])
     return model, ClassificationTask(
         data, config.train.batch_size, config.train.seed, config.train.eval_batches
     )
