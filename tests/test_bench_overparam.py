@@ -6,17 +6,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from plprune.bench.compare import run_jobs
 from plprune.bench.comparisons import paired_rows, ratio_groups
 from plprune.bench.report import write_report
 from plprune.bench.results import load_results, metric_family
 from plprune.bench.suites import SUITES, RegimeTest, plan_suite
+from plprune.errors import PlpruneError
 
 
 def test_overparam_plan(tmp_path: Path) -> None:
-    jobs = plan_suite("overparam", tmp_path, data_dir="/data")
+    jobs = plan_suite("overparam", tmp_path, data_dir="/data", tasks=["bert-overparam"])
     variants = {(j.variant, j.seed): j for j in jobs}
-    assert len(jobs) == len(variants) == 105  # 6 methods + 10 ratio variants + 5 PL ablations, 5 seeds
+    assert len(jobs) == len(variants) == 115  # 6 methods + 10 ratio variants + 7 PL ablations, 5 seeds
     # main comparison first, seed by seed; then each ablation block seed by seed
     assert [(j.variant, j.seed) for j in jobs[:7]][-1] == ("dense", 1)
     assert jobs[30].variant == "pl@r90" and jobs[30].seed == 0
@@ -25,12 +28,45 @@ def test_overparam_plan(tmp_path: Path) -> None:
         *(("pl@" + a, 0) for a in ("lmin-only", "entropy-only", "shuffled", "full-pass", "alpha0")),
         ("pl@lmin-only", 1),
     ]
+    alpha0 = variants[("pl@r90+alpha0", 4)].config["prune"]
+    assert (alpha0["ratio"], alpha0["pl"]["alpha"]) == (0.9, 0.0)
     config = variants[("pl@shuffled", 3)].config
     assert config["prune"]["pl"]["features"] == "shuffled" and config["prune"]["ratio"] == 0.75
     assert variants[("pl@full-pass", 0)].config["prune"]["pl"]["gate_full_pass"] is True
     assert variants[("random@r90", 2)].config["prune"]["ratio"] == 0.9
     data = variants[("dense", 0)].config["data"]
     assert (data["masking"], data["train_fraction"], data["data_dir"]) == ("static", 0.06, "/data")
+
+
+def test_overparam_cnn_plan(tmp_path: Path) -> None:
+    """The VGG half: 400 training samples, baselines again on PL's per-layer allocation, at 50/75/90%."""
+    jobs = plan_suite("overparam", tmp_path, tasks=["vgg-overparam"])
+    variants = {(j.variant, j.seed): j for j in jobs}
+    assert len(jobs) == len(variants) == 90  # 4 methods + 6 per-layer + 6 ratio variants + 2 PL ablations
+    dense = variants[("dense", 0)].config
+    assert dense["data"]["train_fraction"] == 0.125 and dense["train"]["optimizer"] == "sgd"
+    prune = variants[("random@per-layer+r90", 3)].config["prune"]
+    assert (prune["allocation"], prune["ratio"], prune["kinds"]) == ("per_layer", 0.9, ["filter"])
+    assert variants[("pl@global", 0)].config["prune"]["allocation"] == "global"
+    assert "allocation" not in variants[("grad-score", 0)].config["prune"]  # its own (the paper's)
+    groups = ratio_groups({v: {0: {}} for v, _ in variants}, 0.75)
+    expected = {"dense", "pl", "random", "grad-score", "random@per-layer", "grad-score@per-layer"}
+    assert set(groups[0.9]) == expected
+
+
+def test_variant_selection(tmp_path: Path) -> None:
+    jobs = plan_suite("overparam", tmp_path, variants=["dense", "pl@r50+alpha0"], seeds=[0, 1], device="cuda")
+    assert sorted((j.task, j.variant, j.seed) for j in jobs) == [
+        ("bert-overparam", "dense", 0),
+        ("bert-overparam", "dense", 1),
+        ("bert-overparam", "pl@r50+alpha0", 0),
+        ("bert-overparam", "pl@r50+alpha0", 1),
+        ("vgg-overparam", "dense", 0),
+        ("vgg-overparam", "dense", 1),
+    ]
+    assert all(j.config["train"]["device"] == "cuda" for j in jobs)
+    with pytest.raises(PlpruneError, match=r"unknown variant\(s\) \['pl@r60'\]"):
+        plan_suite("overparam", tmp_path, variants=["pl@r60"])
 
 
 def test_regime_test() -> None:

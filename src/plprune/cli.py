@@ -58,6 +58,7 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
     ("--heads", "model", "heads", int, "attention heads per layer; must divide --hidden (default 8)"),
     ("--ffn", "model", "ffn", int, "feed-forward size (default 512)"),
     ("--dropout", "model", "dropout", float, "dropout probability in [0, 1) (default 0.1)"),
+    ("--device", "train", "device", str, "where to train: cpu (default), cuda, cuda:N or mps"),
     ("--experts", "model", "experts", int, "switch tasks: experts per layer, >= 2 (default 4)"),
     (
         "--capacity-factor",
@@ -338,6 +339,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise PlpruneError(f"--workers must be >= 1, got {args.workers}")
     if (args.out / "config.json").is_file() and not (args.out / "suite.json").is_file():
         raise PlpruneError(f"{args.out} is a plprune train run directory; give compare an --out of its own")
+    if args.device is not None:  # a missing GPU: one error now, not one failed run per job
+        from plprune.devices import resolve_device
+
+        resolve_device(args.device)
     tasks = [t for chunk in args.tasks or [] for t in _names(chunk)]
     methods = [m for chunk in args.methods or [] for m in _names(chunk)]
     variants = [v for chunk in args.variants or [] for v in _names(chunk)]
@@ -353,6 +358,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         data_dir=data_dir,
         ablations=not args.no_ablations,
         variants=variants or None,
+        device=args.device,
     )
     command = "plprune " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else "plprune compare"
     records = run_jobs(jobs, args.out, suite=args.suite, workers=args.workers, command=command)
@@ -463,6 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--no-ablations", action="store_true", help="skip the suite's ablation runs")
     compare.add_argument("--data-dir", help="WikiText-2 directory (or env PLPRUNE_DATA_DIR)")
     compare.add_argument("--workers", type=int, default=2, help="parallel runs, one thread each (default 2)")
+    compare.add_argument(
+        "--device",
+        help="where every run trains: cpu (default), cuda, cuda:N or mps; with cuda, --workers runs "
+        "share the one GPU",
+    )
     compare.add_argument("--out", type=Path, help="results directory")
     compare.set_defaults(handler=cmd_compare)
 

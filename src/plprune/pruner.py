@@ -295,7 +295,7 @@ class Pruner:
         scoring_started = time.perf_counter()
         context = PruneContext(self.groups, self.task, step, event.ratio, self.events_done, self.seed)
         context.distributed = self.distributed
-        scores = self.scorer.scores(context)
+        scores = self.scorer.scores(context).detach().cpu()  # per-group bookkeeping lives on the CPU
         mask = select_mask(self.groups, scores, self.event_ratios(event), self.allocation)
         if self.distributed:  # rank 0 decides: every rank gets its scores and mask, bit for bit
             scores = dist.broadcast(scores)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 import plprune.distributed as dist
+from plprune.devices import describe_device, model_device, resolve_device
 from plprune.errors import PlpruneError, RunDirError
 from plprune.gates import GroupSet
 from plprune.groups import WEIGHT_KIND
@@ -173,6 +174,11 @@ def train_run(
     out = Path(out)
     check_choice("task", config.task, TASKS)  # before the run directory is touched
     dist.init_from_env()  # torchrun: join the process group (gloo); alone: nothing
+    if dist.active() and config.train.device != "cpu":
+        raise PlpruneError(
+            f"device {config.train.device!r} under torchrun is not supported yet (the process group is gloo "
+            "on CPUs); train on one GPU without torchrun, or run several runs on it with compare --workers"
+        )
     if dist.active() and config.prune.compact:
         raise PlpruneError("compact is not supported under torchrun yet: compact a finished run (export)")
     if config.train.batch_size % dist.world_size():
@@ -192,6 +198,14 @@ def train_run(
     finally:
         if lock is not None:
             lock.release()
+
+
+def place_on_device(model: torch.nn.Module, task: Any, device: torch.device) -> None:
+    """Move ``model`` to ``device`` and have ``task`` hand out its batches there (tasks with a ``device``
+    attribute: the built-in ones; a user's task hands out what its batches hold)."""
+    model.to(device)
+    if hasattr(task, "device"):
+        task.device = device
 
 
 def _lock_run_dir(out: Path, resume: bool) -> RunLock | None:
@@ -220,6 +234,7 @@ def _train_locked(
         remove_temp_files(out)  # half-written files of a killed writer (we hold the lock)
     try:
         model, task = dist.main_first(lambda: build_task(config, out))  # rank 0 writes the tokenizer first
+        place_on_device(model, task, resolve_device(config.train.device))
         pruning = build_pruning_callbacks(config, model, task.steps_per_epoch, task.train_batch(0)[0])
     except Exception:
         if fresh and dist.is_main():  # a setup error (bad data, bad schedule) leaves nothing behind
@@ -247,6 +262,7 @@ def _train_locked(
         "threads": torch.get_num_threads(),
     }
     summary["world_size"] = dist.world_size()
+    summary["device"] = describe_device(model_device(model))
     if dist.is_main():
         try:
             atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")

@@ -3,7 +3,8 @@ paired comparisons at each pruning ratio (:mod:`plprune.bench.stats`), and what 
 
 Variants are grouped by ratio: ``METHOD`` runs at the plan's ratio, ``METHOD@r50``/``@r75``/``@r90`` at
 that ratio, other ablations (``pl@shuffled``...) at the plan's ratio; dense belongs to every group. In each
-group PL and ``pl+`` are compared with every other method, and each ablation of PL with PL and random.
+group PL and ``pl+`` are compared with every other method (as its paper runs it, and ``METHOD@per-layer``:
+on PL's per-layer filter allocation), and each ablation of PL with PL and random.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def ratio_groups(runs: Runs, main_ratio: float) -> dict[float, dict[str, str]]:
     return dict(sorted(groups.items()))
 
 
+def _is_baseline(label: str) -> bool:
+    """A method as its paper runs it (``random``), or on PL's per-layer allocation (``random@per-layer``:
+    the same number of groups from every layer as PL takes, so only the ranking differs)."""
+    method, _, ablation = label.partition("@")
+    return method not in SUBJECTS and ablation in ("", "per-layer")
+
+
 def _pairs(runs: Runs, a: str, b: str, key: str) -> tuple[list[int], list[float], list[float]]:
     seeds = sorted(set(runs[a]) & set(runs[b]))
     return seeds, [runs[a][s]["final"][key] for s in seeds], [runs[b][s]["final"][key] for s in seeds]
@@ -54,7 +62,7 @@ def paired_rows(runs: Runs, main_ratio: float, family: dict[str, Any]) -> list[d
         comparisons: list[tuple[str, str]] = []
         for subject in SUBJECTS:
             if subject in members:
-                comparisons += [(subject, o) for o in members if o not in SUBJECTS and "@" not in o]
+                comparisons += [(subject, o) for o in members if o not in SUBJECTS and _is_baseline(o)]
         if "pl" in members and "pl+" in members:
             comparisons.append(("pl+", "pl"))
         for label in members:
@@ -97,7 +105,17 @@ def headline(rows: list[dict[str, Any]], runs: Runs, main_ratio: float, family: 
             pick = max if higher else min
             best = pick(baselines, key=lambda m: _mean(runs, members[m], key))
         parts = []
-        for other, title in (("random", "random"), (best, f"the best baseline ({best})"), ("dense", "dense")):
+        same_allocation = [
+            (m, f"{m.partition('@')[0]} on PL's per-layer allocation")
+            for m in members
+            if m.endswith("@per-layer") and _is_baseline(m)
+        ]
+        for other, title in (
+            ("random", "random"),
+            (best, f"the best baseline ({best})"),
+            *same_allocation,
+            ("dense", "dense"),
+        ):
             row = by.get((ratio, "pl", other)) if other else None
             if row:
                 parts.append(

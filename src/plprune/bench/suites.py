@@ -468,12 +468,14 @@ def plan_suite(
     data_dir: str | None = None,
     ablations: bool = True,
     variants: list[str] | None = None,
+    device: str | None = None,
 ) -> list[Job]:
     """All jobs of a suite, optionally restricted to some tasks/methods/variants and with other seeds.
 
     ``methods`` filters the suite's methods of each task (a method that does not apply to a task's group
     kind is skipped for that task); ``variants`` keeps only these runs (``METHOD`` or ``METHOD@ABLATION``
     names as the suite lists them, e.g. ``pl@r90+alpha0``); unknown names raise, listing the valid ones.
+    ``device`` sets every run's ``train.device`` (default: the config's, the CPU).
     """
     if suite_name not in SUITES:
         raise PlpruneError(f"unknown suite {suite_name!r}; valid: {', '.join(SUITES)}")
@@ -527,6 +529,8 @@ def plan_suite(
             variant_seeds = [(v, s) for v, s in variant_seeds if v in wanted]
         for variant, seed in variant_seeds:
             config = variant_config(plan, variant, seed, data_dir, suite.curvature_methods)
+            if device is not None:
+                config["train"]["device"] = device
             RunConfig.from_dict(config)  # a bad seed (or setting) fails here, before anything is written
             jobs.append(
                 Job(plan.name, variant, seed, config, out / "runs" / plan.name / f"{variant}-s{seed}")

@@ -50,6 +50,6 @@ class MagnitudeScorer(GroupScorer):
             weights = torch.cat(
                 [piece.select(params[piece.param_name]).reshape(-1) for piece in group.slices]
             )
-            scores[i] = torch.linalg.vector_norm(weights.double(), ord=self.p)
+            scores[i] = torch.linalg.vector_norm(weights.double(), ord=self.p).item()
         context.log["magnitude_p"] = self.p
         return scores

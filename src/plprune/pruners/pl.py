@@ -238,7 +238,7 @@ class PLScorer(GroupScorer):
                     self._feature_batch(context),
                     chunk_size=cfg.chunk_size,
                 )
-                raw = torch.cat([features.as_matrix().double(), extra.double()], dim=1)
+                raw = torch.cat([features.as_matrix().double().cpu(), extra.double().cpu()], dim=1)
                 inputs = self._gate_inputs(context, raw)
                 with torch.random.fork_rng():  # leave the training RNG stream untouched
                     net = GatingNetwork(cfg.gate_hidden, cfg.scale_to_mean_one, raw.shape[1]).double()

@@ -65,5 +65,5 @@ class PLPlusScorer(PLScorer):
         sub = PruneContext(
             context.groups, context.task, context.step, context.ratio, context.event_index, context.seed
         )
-        columns = [s.scores(sub).detach().double().clamp_min(0.0) for s in scorers]
+        columns = [s.scores(sub).detach().double().cpu().clamp_min(0.0) for s in scorers]
         return torch.stack(columns, dim=1), EXTRA_FEATURES

@@ -54,7 +54,7 @@ def group_sums(groups: GroupSet, weight_scores: Mapping[str, Tensor]) -> Tensor:
         total = torch.zeros((), dtype=torch.float64)
         for piece in group.slices:
             total = total + piece.select(weight_scores[piece.param_name].detach()).double().sum()
-        sums[i] = total
+        sums[i] = total.item()
     return sums
 
 

@@ -135,7 +135,7 @@ class ExpertSite(GateSite):
             gate = self.gate
             if gate is None:
                 return None
-            return output * gate[index].to(output.dtype)
+            return output * gate[index].to(output.device, output.dtype)
 
         return hook
 
@@ -195,7 +195,7 @@ class FusedExpertSite(GateSite):
         index = kwargs["top_k_index"] if len(args) < 2 else args[1]
         weights = kwargs["top_k_weights"] if len(args) < 3 else args[2]
         # index E (expert-parallel sentinel: a token handled elsewhere) is skipped by the experts anyway
-        gated = weights * gate.to(weights.dtype)[index.clamp(max=self.num_groups - 1)]
+        gated = weights * gate.to(weights.device, weights.dtype)[index.clamp(max=self.num_groups - 1)]
         if len(args) >= 3:
             args[2] = gated
         else:

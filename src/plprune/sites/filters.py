@@ -85,7 +85,7 @@ class FilterSite(GateSite):
         if gate is None:
             return None
         shape = (1, self.num_groups) + (1,) * (output.dim() - 2)
-        return output * gate.to(output.dtype).view(shape)
+        return output * gate.to(output.device, output.dtype).view(shape)
 
     def _register_hooks(self) -> list[RemovableHandle]:
         hook: Callable = self._gate_channels

@@ -140,7 +140,7 @@ class HeadSite(GateSite):
         context: Tensor = args[0]
         shape = context.shape
         heads = context.reshape(*shape[:-1], self.num_groups, self.head_size)
-        gated = heads * gate.to(context.dtype)[:, None]
+        gated = heads * gate.to(context.device, context.dtype)[:, None]
         return (gated.reshape(shape), *args[1:])
 
     def _register_hooks(self) -> list[RemovableHandle]:

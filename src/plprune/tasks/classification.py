@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plprune.data.images import ClassificationData
+from plprune.devices import to_device
 from plprune.errors import DataError, PlpruneError
 from plprune.seeding import generator
 from plprune.tasks.sampling import EpochSampler
@@ -68,11 +69,12 @@ class ClassificationTask:
         sample = torch.randperm(n_train, generator=generator(seed, "train-eval-sample"))[:eval_size]
         self._train_eval = (data.train_x[sample], data.train_y[sample])
         self._test_eval = (data.test_x[:eval_size], data.test_y[:eval_size])
+        self.device = torch.device("cpu")  # where batches are handed out (the data stay on the CPU)
 
     def train_batch(self, step: int) -> tuple[Tensor, Tensor]:
         """Batch number ``step`` (0-based) of the epoch-wise seeded permutation: ``(inputs, labels)``."""
         index = self.sampler.indices(step)
-        return self.data.train_x[index], self.data.train_y[index]
+        return to_device((self.data.train_x[index], self.data.train_y[index]), self.device)
 
     def _logits(self, model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         if len(batch) != 2:
@@ -102,7 +104,8 @@ class ClassificationTask:
     def _loss_and_accuracy(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[float, float]:
         total, correct = 0.0, 0
         for start in range(0, inputs.shape[0], self.batch_size):
-            x, y = inputs[start : start + self.batch_size], labels[start : start + self.batch_size]
+            rows = slice(start, start + self.batch_size)
+            x, y = to_device((inputs[rows], labels[rows]), self.device)
             logits, _ = self._logits(model, (x, y))
             total += float(F.cross_entropy(logits.double(), y, reduction="sum"))
             correct += int((logits.argmax(dim=1) == y).sum())

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from plprune.data import MlmData, MlmMasker, fixed_masked_batches
 from plprune.data.mlm import static_masking as mask_once
+from plprune.devices import to_device
 from plprune.errors import DataError
 from plprune.seeding import generator
 from plprune.tasks.sampling import EpochSampler
@@ -67,13 +68,17 @@ class MlmTask:
             data.test_blocks, self.masker, self.batch_size, seed=seed + 2, max_blocks=eval_blocks
         )
         self._test_eval_full: list[tuple[Tensor, Tensor]] | None = None
+        # batches are prepared on the CPU (seeded, the same on every device) and handed out here
+        self.device = torch.device("cpu")
 
     def train_batch(self, step: int) -> tuple[Tensor, Tensor]:
         """Batch number ``step`` (0-based): epoch-wise seeded permutation, seeded MLM masking."""
         index = self.sampler.indices(step)
         if self._static is not None:
-            return self._static[0][index], self._static[1][index]
-        return self.masker(self.data.train_blocks[index], generator(self.seed, "mask", step))
+            batch = self._static[0][index], self._static[1][index]
+        else:
+            batch = self.masker(self.data.train_blocks[index], generator(self.seed, "mask", step))
+        return to_device(batch, self.device)
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         input_ids, labels = batch
@@ -91,11 +96,11 @@ class MlmTask:
             return model.per_sample_true_logit(input_ids, labels)
         return model.per_sample_loss(input_ids, labels)
 
-    @staticmethod
     @torch.no_grad()
-    def _mean_loss(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> float:
+    def _mean_loss(self, model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> float:
         total, count = 0.0, 0
-        for input_ids, labels in batches:
+        for batch in batches:
+            input_ids, labels = to_device(batch, self.device)
             n_masked = int((labels != -100).sum())
             output = model(input_ids, labels)
             # MoE models add a load-balancing term to .loss; perplexity is of the MLM loss alone

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from plprune.devices import check_device_name
 from plprune.errors import PlpruneError
 from plprune.validation import (
     check_choice,
@@ -25,6 +26,9 @@ class TrainConfig:
     Our CPU defaults shrink the model and sequence, so they use a larger peak LR (1e-3) and batch 16 at
     length 128; see docs/training.md.
 
+    ``device``: where the model, its batches and the curvature work run (``cpu``, ``cuda``, ``cuda:N``,
+    ``mps``; :mod:`plprune.devices`); checkpoints load on any device.
+
     ``deterministic``: every determinism knob torch offers, and seeded Python/NumPy/torch RNGs, for the run
     (:func:`plprune.seeding.deterministic_mode`; its cost is measured in docs/training.md).
     """
@@ -42,6 +46,7 @@ class TrainConfig:
     eval_batches: int = 8
     seed: int = 0
     deterministic: bool = False
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         check_positive_int("steps", self.steps)
@@ -56,6 +61,7 @@ class TrainConfig:
         check_non_negative_int("checkpoint_every (0 disables periodic checkpoints)", self.checkpoint_every)
         check_positive_int("eval_batches", self.eval_batches)
         check_non_negative_int("seed", self.seed)
+        check_device_name(self.device)
         if not isinstance(self.deterministic, bool):
             raise PlpruneError(f"deterministic must be true or false, got {self.deterministic!r}")
 
