@@ -104,5 +104,6 @@ def test_paper_gpu_suite_end_to_end_at_tiny_size(tiny_wikitext_dir: Path, tmp_pa
     text = write_report(out).read_text(encoding="utf-8")
     assert "Paired comparisons" in text and "What PL's gates saw" in text and "75% pruned" in text
     assert "no difference detected" in text or "beats" in text
+    assert "Devices: cpu (6 runs)" in text  # every summary names its device
     saved = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert saved["tasks"]["bert-paper-gpu"]["gates"][0]["variant"] == "pl"

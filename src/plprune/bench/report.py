@@ -369,6 +369,18 @@ def _schedule_note(prune: dict[str, Any]) -> str:
     return prune["schedule"]
 
 
+def _devices(loaded: Any) -> str:
+    """Which devices the runs trained on, with run counts (``summary["device"]``; older runs: the CPU, as
+    the trainer had no device option before)."""
+    counts: dict[str, int] = {}
+    for runs in loaded.tasks.values():
+        for seeds in runs.values():
+            for summary in seeds.values():
+                device = summary.get("device", "cpu (not recorded)")
+                counts[device] = counts.get(device, 0) + 1
+    return "; ".join(f"{d} ({n} runs)" for d, n in counts.items()) or "n/a"
+
+
 def write_report(out: Path) -> Path:
     """Write ``RESULTS.md`` (+ JSON, CSV, PNGs) for the finished runs in ``out``; returns its path."""
     out = Path(out)
@@ -402,6 +414,7 @@ def write_report(out: Path) -> Path:
         "the machine, so wall times compare only roughly).",
         "",
     ]
+    lines.insert(-2, f"Devices: {_devices(loaded)}  ")
     if loaded.skipped:
         lines += ["Skipped (unreadable results): " + "; ".join(loaded.skipped), ""]
     if loaded.failed:

@@ -299,6 +299,7 @@ def _overparam_vgg() -> dict[str, Any]:
             "prune_at": "4e",
             "prune_end": "16e",
             "prune_every": "2e",
+            "pl": {"probe_check": 8},
         },
     }
 
@@ -363,7 +364,11 @@ def _paper_gpu_plan(tiny: bool) -> TaskPlan:
         base = _mlm_base(3000, 300, 300, 0.75, layers=6, hidden=256, heads=8, ffn=1024)
         base = deep_merge(
             base,
-            {"data": {"seq_len": 128}, "train": {"batch_size": 32, "checkpoint_every": 300}},
+            {
+                "data": {"seq_len": 128},
+                "train": {"batch_size": 32, "checkpoint_every": 300},
+                "prune": {"pl": {"probe_check": 8}, "pl+": {"probe_check": 8}},
+            },
         )
     return TaskPlan(
         "bert-wikitext2",

@@ -83,8 +83,9 @@ class PLConfig:
     features: str = "both"
     # gate training on steps_per_epoch batches (Alg. 2 lines 6-7, "for each batch in S") instead of gate_steps
     gate_full_pass: bool = False
-    # measurement only (not used for the gates): Hutchinson probes per batch and batches, at the final gates
-    probe_check: int = 8
+    # measurement only (not used for the gates): Hutchinson probes per batch and batches, at the final gates;
+    # off by default (16 extra Hessian-vector products per event at 8 × 2); the overparam suite sets 8
+    probe_check: int = 0
     probe_check_batches: int = 2
 
     def __post_init__(self) -> None:
