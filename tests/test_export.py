@@ -283,6 +283,35 @@ def test_a_run_without_pruning_events_exports_its_dense_model(capsys, run_dir: P
     assert json.loads((tmp_path / "dense" / "plprune.json").read_text())["pruning"] is None
 
 
+def test_a_damaged_latest_checkpoint_exports_the_previous_one(
+    capsys, tiny_wikitext_dir: Path, tmp_path: Path
+) -> None:
+    """checkpoint.pt fails its checksum: export falls back to checkpoint.prev.pt and says so; with both
+    damaged it refuses, naming each problem."""
+    from plprune.export import model_from_run
+
+    run_dir = tmp_path / "run"
+    args = ("train", "--data-dir", tiny_wikitext_dir, "--out", run_dir, *TRAIN, "--checkpoint-every", "3")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    latest, previous = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"
+    assert previous.is_file()  # checkpoints at steps 3, 6 and the final 8 (pruned at 4)
+    reference, _, _, _ = model_from_run(run_dir)
+    data = bytearray(latest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    latest.write_bytes(bytes(data))
+    code, stdout, err = run_cli(capsys, "export", run_dir, "--out", tmp_path / "from-prev")
+    assert code == 0, err
+    assert "from checkpoint.prev.pt, step 6: the newer checkpoint is unusable" in stdout
+    assert "does not match" in stdout or "checksum" in stdout
+    rebuilt, _, _, _ = model_from_run(run_dir)
+    pairs = zip(rebuilt.parameters(), reference.parameters(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in pairs)  # the step-6 weights, not the final ones
+    previous.write_bytes(previous.read_bytes()[:100])
+    code, _, err = run_cli(capsys, "export", run_dir, "--out", tmp_path / "none")
+    assert code == 2 and "no usable checkpoint" in err and "Traceback" not in err
+
+
 def test_cli_names_a_directory_that_is_not_a_run(capsys, tmp_path: Path) -> None:
     code, _, err = run_cli(capsys, "export", tmp_path)
     assert code == 2 and "not a plprune run directory" in err and "Traceback" not in err

@@ -829,7 +829,7 @@ def model_from_run(run_dir: str | os.PathLike) -> tuple[nn.Module, GroupSet | No
     from plprune.run_config import RunConfig
     from plprune.runner import CONFIG_NAME, SUMMARY_NAME
     from plprune.tasks.registry import DEFAULT_KINDS, build_task, mlm_model_for
-    from plprune.train.checkpoint import load_checkpoint
+    from plprune.train.checkpoint import load_latest_checkpoint
     from plprune.train.loop import CHECKPOINT_NAME
     from plprune.train.metrics import read_jsonl
     from plprune.train.pruning import PRUNING_LOG
@@ -841,10 +841,11 @@ def model_from_run(run_dir: str | os.PathLike) -> tuple[nn.Module, GroupSet | No
         config = RunConfig.from_dict(json.loads((run_dir / CONFIG_NAME).read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RunDirError(f"{run_dir / CONFIG_NAME} is unreadable: {error}") from error
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    # the newest checkpoint that matches its checksum: checkpoint.pt, else checkpoint.prev.pt (said in note)
+    checkpoint, used, skipped = load_latest_checkpoint(run_dir / CHECKPOINT_NAME)
     state = checkpoint.get("model")
     if not isinstance(state, dict):
-        raise RunDirError(f"{run_dir / CHECKPOINT_NAME} holds no model weights")
+        raise RunDirError(f"{used} holds no model weights")
     step = int(checkpoint.get("step", 0))
 
     example = None
@@ -891,6 +892,9 @@ def model_from_run(run_dir: str | os.PathLike) -> tuple[nn.Module, GroupSet | No
         note = f"final mask of pruning event {len(records)} (step {records[-1]['step']}): pruned {pruned}"
     else:
         note = f"no pruning events in {PRUNING_LOG}: the dense model is exported"
+    if skipped:
+        problems = "; ".join(n.split("; resuming from")[0] for n in skipped)
+        note += f" (from {used.name}, step {step}: the newer checkpoint is unusable: {problems})"
     if not (run_dir / SUMMARY_NAME).is_file():
         note += f" (no {SUMMARY_NAME}: the run is unfinished; exporting its checkpoint at step {step})"
     return model.eval(), groups, example, note
