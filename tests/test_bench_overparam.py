@@ -42,7 +42,7 @@ def test_overparam_cnn_plan(tmp_path: Path) -> None:
     """The VGG half: 400 training samples, baselines again on PL's per-layer allocation, at 50/75/90%."""
     jobs = plan_suite("overparam", tmp_path, tasks=["vgg-overparam"])
     variants = {(j.variant, j.seed): j for j in jobs}
-    assert len(jobs) == len(variants) == 90  # 4 methods + 6 per-layer + 6 ratio variants + 2 PL ablations
+    assert len(jobs) == len(variants) == 105  # 4 methods + 6 per-layer + 6 ratio variants + 5 PL ablations
     dense = variants[("dense", 0)].config
     assert dense["data"]["train_fraction"] == 0.125 and dense["train"]["optimizer"] == "sgd"
     prune = variants[("random@per-layer+r90", 3)].config["prune"]

@@ -305,12 +305,12 @@ def _overparam_vgg() -> dict[str, Any]:
 
 
 # the baselines again on PL's per-layer filter allocation, so PL's ranking is compared on equal terms; PL with
-# the paper's global TopK; PL without the trace term
+# the paper's global TopK, without the trace term, and with one or neither kernel feature (shuffled)
 OVERPARAM_CNN_METHODS = ("dense", "pl", "random", "grad-score")
 OVERPARAM_CNN_ABLATIONS = (
     *(f"{m}@per-layer{r}" for r in ("", "+r50", "+r90") for m in ("random", "grad-score")),
     *(f"{m}@{r}" for r in ("r50", "r90") for m in ("pl", "random", "grad-score")),
-    *("pl@global", "pl@alpha0"),
+    *("pl@global", "pl@alpha0", "pl@lmin-only", "pl@entropy-only", "pl@shuffled"),
 )
 
 SUITES["overparam"] = Suite(
