@@ -126,24 +126,104 @@ def test_device_cpu_is_the_default_path(tiny_wikitext_dir: Path, tmp_path: Path)
     assert a["pruning_events"][0]["mask"] == b["pruning_events"][0]["mask"]
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU"))]
+)
 @pytest.mark.parametrize("method", ["pl", "pl+", "grad-score", "snip", "random", "imp"])
-def test_pruning_run_on_cuda(method: str, tiny_wikitext_dir: Path, tmp_path: Path) -> None:
-    """Each method prunes on the GPU; the mask keeps the ratio, the run resumes, its checkpoint loads on CPU
-    and its test loss is close to the CPU run's (kernels and Hessian products in other floating-point
-    order, so not bit for bit)."""
-    gpu = train_run(_tiny_pl_config(tiny_wikitext_dir, "cuda", method), tmp_path / "gpu", progress=False)
-    assert gpu["device"].startswith("cuda:0 (")
-    assert sum(gpu["pruning_events"][0]["mask"]) == 4  # 8 heads, half kept
-    config = json.loads((tmp_path / "gpu" / "config.json").read_text())
-    assert config["train"]["device"] == "cuda"
-    state = torch.load(tmp_path / "gpu" / "checkpoint.pt", map_location="cpu", weights_only=True)
+def test_pruning_run_on_the_device(method: str, device: str, tiny_wikitext_dir: Path, tmp_path: Path) -> None:
+    """Each method prunes in ``plprune train`` on the device (on the CPU this checks the test itself); the
+    mask keeps the ratio, the run resumes onto the device, its checkpoint loads on the CPU and its test loss
+    is close to the CPU run's (kernels and Hessian products in another floating-point order, so not bit for
+    bit)."""
+    run = train_run(_tiny_pl_config(tiny_wikitext_dir, device, method), tmp_path / "dev", progress=False)
+    assert run["device"] == "cpu" if device == "cpu" else run["device"].startswith("cuda:0 (")
+    assert sum(run["pruning_events"][0]["mask"]) == 4  # 8 heads, half kept
+    config = json.loads((tmp_path / "dev" / "config.json").read_text())
+    assert config["train"]["device"] == device
+    state = torch.load(tmp_path / "dev" / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert all(t.device.type == "cpu" for t in state["model"].values())
     again = train_run(
-        _tiny_pl_config(tiny_wikitext_dir, "cuda", method), tmp_path / "gpu", resume=True, progress=False
-    )  # loads the CPU-mapped checkpoint back onto the GPU
-    assert again["final"]["test_loss"] == pytest.approx(gpu["final"]["test_loss"], rel=1e-5)
+        _tiny_pl_config(tiny_wikitext_dir, device, method), tmp_path / "dev", resume=True, progress=False
+    )  # loads the CPU-mapped checkpoint back onto the device
+    assert again["final"]["test_loss"] == pytest.approx(run["final"]["test_loss"], rel=1e-5)
     cpu = train_run(_tiny_pl_config(tiny_wikitext_dir, "cpu", method), tmp_path / "cpu", progress=False)
-    assert gpu["final"]["test_loss"] == pytest.approx(cpu["final"]["test_loss"], rel=0.05)
+    assert run["final"]["test_loss"] == pytest.approx(cpu["final"]["test_loss"], rel=0.05)
     if method in ("random", "imp", "grad-score"):  # rankings far apart relative to float error
-        assert gpu["pruning_events"][0]["mask"] == cpu["pruning_events"][0]["mask"]
+        assert run["pruning_events"][0]["mask"] == cpu["pruning_events"][0]["mask"]
+
+
+def _gpu_scorers() -> dict[str, object]:
+    import plprune
+
+    s = plprune.scorers
+    return {
+        "pl": lambda: s.PL(gate_steps=2, feature_samples=4, probe_check=2),
+        "pl-full-pass-alpha0": lambda: s.PL(gate_steps=2, feature_samples=4, alpha=0.0),
+        "random": s.Random,
+        "magnitude": s.Magnitude,
+        "imp": lambda: s.IMP(rewind_step=1),
+        "grad-score": lambda: s.GradScore(batches=1),
+        "snip": lambda: s.SNIP(batches=1),
+        "grasp": lambda: s.GraSP(batches=1),
+        "prox-l1": lambda: s.Proximal("l1", 5e-3),
+        "trimmed-l1": s.TrimmedL1,
+        "gsm": s.GSM,
+        "l0-gates": s.L0Gates,
+        "cont-sparse": s.ContinuousSparsification,
+        "fpgm": s.FPGM,
+        "chip": lambda: s.CHIP(batches=1),
+        "dpfps": s.DPFPS,
+    }
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU"))]
+
+
+@pytest.mark.parametrize("device_name", DEVICES)
+@pytest.mark.parametrize("name", list(_gpu_scorers()))
+def test_user_loop_pruner_on_the_device(name: str, device_name: str) -> None:
+    """``plprune.Pruner`` in a user's loop with the model and batches on the device (the same test on the
+    CPU checks the test itself here): every scorer prunes its ratio, pruned weights stay zero on the
+    device, the mask lives on the CPU."""
+    import torch.nn.functional as F
+
+    import plprune
+    from plprune.models import VGG
+    from tiny_models import bert_batch, tiny_bert
+
+    device = torch.device(device_name)
+    filters = name in ("fpgm", "chip", "dpfps")
+    if filters:
+        torch.manual_seed(0)
+        model = VGG(width_multiplier=0.0625, in_channels=1, num_classes=3, dims=1).to(device)
+        gen = torch.Generator().manual_seed(0)
+        batch = (torch.randn(8, 1, 32, generator=gen).to(device), (torch.arange(8) % 3).to(device))
+
+        def loss_fn(m: torch.nn.Module, b: tuple) -> torch.Tensor:
+            return F.cross_entropy(m(b[0]), b[1])
+
+        kinds: tuple[str, ...] = ("filter",)
+    else:
+        model = tiny_bert().float().train().to(device)
+        batch = tuple(t.to(device) for t in bert_batch(8))
+
+        def loss_fn(m: torch.nn.Module, b: tuple) -> torch.Tensor:
+            return m(*b).loss
+
+        kinds = ("head",)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    pruner = plprune.Pruner(
+        model, _gpu_scorers()[name](), plprune.OneShot(2, 0.5), kinds=kinds, loss_fn=loss_fn, batches=[batch]
+    ).attach(optimizer)
+    for step in range(4):
+        pruner.step(step)
+        optimizer.zero_grad()
+        loss_fn(model, batch).backward()
+        optimizer.step()
+    assert pruner.finished and pruner.mask.device.type == "cpu"
+    assert pruner.pruned_ratio(kinds[0]) == pytest.approx(0.5, abs=0.01)
+    assert all(p.device.type == device.type for p in model.parameters())
+    params = dict(model.named_parameters())
+    for index in (~pruner.mask).nonzero().flatten().tolist():
+        for piece in pruner.groups.groups[index].slices:
+            assert torch.count_nonzero(piece.select(params[piece.param_name])) == 0
