@@ -20,6 +20,7 @@ from plprune.data import (
     read_wikitext_dir,
 )
 from plprune.errors import DataError
+from plprune.memory import build_if_it_fits
 from plprune.models import VGG, BertConfig, BertForMaskedLM, ResNet, SwitchConfig, SwitchForMaskedLM
 from plprune.run_config import RunConfig
 from plprune.tasks.base import Task
@@ -68,12 +69,12 @@ def mlm_model_for(config: RunConfig, vocab_size: int, *, switch: bool = False, h
             aux_loss_weight=m.aux_loss_weight,
             expert_ffn_size=m.expert_ffn,
         )
-        return SwitchForMaskedLM(bert_config, switch_config)
+        return build_if_it_fits(lambda: SwitchForMaskedLM(bert_config, switch_config), "the Switch model")
     if hf:
         from plprune.models.hf_bert import HfBertForMaskedLM  # imports transformers
 
-        return HfBertForMaskedLM(bert_config)
-    return BertForMaskedLM(bert_config)
+        return build_if_it_fits(lambda: HfBertForMaskedLM(bert_config), "the Hugging Face BERT")
+    return build_if_it_fits(lambda: BertForMaskedLM(bert_config), "the BERT")
 
 
 def _build_mlm(
@@ -136,9 +137,13 @@ def _build_cnn(config: RunConfig, data: ClassificationData, architecture: str) -
     m = config.model
     shape = {"in_channels": data.in_channels, "num_classes": data.num_classes, "dims": data.dims}
     if architecture == "vgg":
-        model: nn.Module = VGG(width_multiplier=m.width_multiplier, **shape)
+        model: nn.Module = build_if_it_fits(
+            lambda: VGG(width_multiplier=m.width_multiplier, **shape), "the VGG"
+        )
     else:
-        model = ResNet(depth=m.depth, width_multiplier=m.width_multiplier, **shape)
+        model = build_if_it_fits(
+            lambda: ResNet(depth=m.depth, width_multiplier=m.width_multiplier, **shape), "the ResNet"
+        )
     check_model_input(model, data)
     if config.data.train_fraction < 1.0:  # fewer training samples, same test set: more over-parameterised
         keep = max(config.train.batch_size, round(config.data.train_fraction * data.train_y.shape[0]))
