@@ -182,9 +182,9 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason
 @pytest.mark.parametrize("device_name", DEVICES)
 @pytest.mark.parametrize("name", list(_gpu_scorers()))
 def test_user_loop_pruner_on_the_device(name: str, device_name: str) -> None:
-    """``plprune.Pruner`` in a user's loop with the model and batches on the device (the same test on the
-    CPU checks the test itself here): every scorer prunes its ratio, pruned weights stay zero on the
-    device, the mask lives on the CPU."""
+    """``plprune.Pruner`` in a user's loop with the model on the device and CPU batches given to the pruner
+    (the same test on the CPU checks the test itself here): every scorer prunes its ratio, pruned weights
+    stay zero on the device, the mask lives on the CPU."""
     import torch.nn.functional as F
 
     import plprune
@@ -197,7 +197,7 @@ def test_user_loop_pruner_on_the_device(name: str, device_name: str) -> None:
         torch.manual_seed(0)
         model = VGG(width_multiplier=0.0625, in_channels=1, num_classes=3, dims=1).to(device)
         gen = torch.Generator().manual_seed(0)
-        batch = (torch.randn(8, 1, 32, generator=gen).to(device), (torch.arange(8) % 3).to(device))
+        cpu_batch = (torch.randn(8, 1, 32, generator=gen), torch.arange(8) % 3)
 
         def loss_fn(m: torch.nn.Module, b: tuple) -> torch.Tensor:
             return F.cross_entropy(m(b[0]), b[1])
@@ -205,15 +205,17 @@ def test_user_loop_pruner_on_the_device(name: str, device_name: str) -> None:
         kinds: tuple[str, ...] = ("filter",)
     else:
         model = tiny_bert().float().train().to(device)
-        batch = tuple(t.to(device) for t in bert_batch(8))
+        cpu_batch = bert_batch(8)
 
         def loss_fn(m: torch.nn.Module, b: tuple) -> torch.Tensor:
             return m(*b).loss
 
         kinds = ("head",)
+    # the pruner gets CPU batches (as from a DataLoader); the user's own loop moves them, as users do
+    batch = tuple(t.to(device) for t in cpu_batch)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     pruner = plprune.Pruner(
-        model, _gpu_scorers()[name](), plprune.OneShot(2, 0.5), kinds=kinds, loss_fn=loss_fn, batches=[batch]
+        model, _gpu_scorers()[name](), plprune.OneShot(2, 0.5), kinds=kinds, loss_fn=loss_fn, batches=[cpu_batch]
     ).attach(optimizer)
     for step in range(4):
         pruner.step(step)

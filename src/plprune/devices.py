@@ -9,8 +9,8 @@ CPU from seeded CPU generators, so a run sees the same batches on every device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -79,3 +79,15 @@ def to_device(batch: T, device: torch.device) -> T:
         return batch
     moved = [None if t is None else t.to(device, non_blocking=True) for t in batch]
     return type(batch)(moved)  # type: ignore[call-arg]
+
+
+def nested_to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor inside (tensors, tuples, lists, dicts of them) on ``device``; anything
+    else unchanged. For a user's example inputs, which may be any of these."""
+    if isinstance(value, Tensor):
+        return value if value.device == device else value.to(device)
+    if isinstance(value, Mapping):
+        return {key: nested_to_device(item, device) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(nested_to_device(item, device) for item in value)
+    return value

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from plprune.devices import model_device, to_device
 from plprune.errors import PlpruneError
 
 
@@ -76,10 +77,11 @@ class _BatchLayout:
 class FunctionTask:
     """A :class:`Task` from ``loss_fn(model, batch) -> scalar`` and ``batches``.
 
-    ``batches`` is one of: a callable ``batches(step) -> batch`` (exactly reproducible, the best choice
-    for resuming), a sequence (``batches[step % len]``) or any iterable (a DataLoader: each request takes
-    the next batch, restarting the iterable when it ends). A batch is a Tensor, a tuple/list of Tensors or a
-    dict of Tensors (e.g. a Hugging Face batch); ``loss_fn`` receives it in that form.
+    ``batches`` is one of: a callable ``batches(step) -> batch`` (exactly reproducible, the best choice for
+    resuming), a sequence (``batches[step % len]``) or any iterable (a DataLoader: each request takes the
+    next batch, restarting the iterable when it ends). A batch is a Tensor, a tuple/list of Tensors or a
+    dict of Tensors (e.g. a Hugging Face batch); ``loss_fn`` receives it in that form, on the model's
+    device (a CPU DataLoader with a GPU model works as in the user's own loop).
 
     The per-sample output (tangent kernels, paper Sec. 3.2.2) is ``loss_fn`` on each sample alone (every
     tensor sliced to ``[j:j+1]`` on its first dimension), unless ``per_sample_output(model, batch) -> (n,)``
@@ -161,6 +163,7 @@ class FunctionTask:
         return raw[0]
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        batch = to_device(batch, model_device(model))  # e.g. a CPU DataLoader's batch, a GPU model
         loss = self.loss_fn(model, self.user_batch(batch))
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             raise PlpruneError(
@@ -175,6 +178,7 @@ class FunctionTask:
                 f"a loss_fn task gives per-sample losses only, not {kind!r}; use kernel_output='loss' and "
                 "hessian_scalar='loss', or pass per_sample_output"
             )
+        batch = to_device(batch, model_device(model))
         if self._user_per_sample is not None:
             return self._user_per_sample(model, self.user_batch(batch))
         sizes = {t.shape[0] for t in batch if t is not None and t.dim() > 0}

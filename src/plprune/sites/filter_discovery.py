@@ -63,6 +63,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from plprune.devices import model_device, nested_to_device
 from plprune.errors import PlpruneError
 from plprune.models.layers import BatchNorm
 from plprune.sites.filters import ConvMember, FilterSite
@@ -190,6 +191,7 @@ class _Trace:
             self.output_fns = {t.grad_fn for t in _tensors(out) if t.grad_fn is not None}
             return out
 
+        example_inputs = nested_to_device(example_inputs, model_device(model))  # a CPU batch, a GPU model
         modes = {m: m.training for m in model.modules()}
         buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
         handles = [m.register_forward_hook(record) for m in model.modules()]
