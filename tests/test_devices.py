@@ -214,9 +214,9 @@ def test_user_loop_pruner_on_the_device(name: str, device_name: str) -> None:
     # the pruner gets CPU batches (as from a DataLoader); the user's own loop moves them, as users do
     batch = tuple(t.to(device) for t in cpu_batch)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    pruner = plprune.Pruner(
-        model, _gpu_scorers()[name](), plprune.OneShot(2, 0.5), kinds=kinds, loss_fn=loss_fn, batches=[cpu_batch]
-    ).attach(optimizer)
+    scorer, schedule = _gpu_scorers()[name](), plprune.OneShot(2, 0.5)
+    pruner = plprune.Pruner(model, scorer, schedule, kinds=kinds, loss_fn=loss_fn, batches=[cpu_batch])
+    pruner.attach(optimizer)
     for step in range(4):
         pruner.step(step)
         optimizer.zero_grad()
