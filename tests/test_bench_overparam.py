@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def test_overparam_cnn_plan(tmp_path: Path) -> None:
     """The VGG half: 400 training samples, baselines again on PL's per-layer allocation, at 50/75/90%."""
     jobs = plan_suite("overparam", tmp_path, tasks=["vgg-overparam"])
     variants = {(j.variant, j.seed): j for j in jobs}
-    assert len(jobs) == len(variants) == 105  # 4 methods + 6 per-layer + 6 ratio variants + 5 PL ablations
+    assert len(jobs) == len(variants) == 115  # 5 methods + 6 per-layer + 6 ratio variants + 6 PL ablations
     dense = variants[("dense", 0)].config
     assert dense["data"]["train_fraction"] == 0.125 and dense["train"]["optimizer"] == "sgd"
     prune = variants[("random@per-layer+r90", 3)].config["prune"]
@@ -52,6 +53,7 @@ def test_overparam_cnn_plan(tmp_path: Path) -> None:
     groups = ratio_groups({v: {0: {}} for v, _ in variants}, 0.75)
     expected = {"dense", "pl", "random", "grad-score", "random@per-layer", "grad-score@per-layer"}
     assert set(groups[0.9]) == expected
+    assert variants[("pl+@alpha0", 2)].config["prune"]["pl+"] == {"probe_check": 8, "alpha": 0.0}
 
 
 def test_variant_selection(tmp_path: Path) -> None:
@@ -107,3 +109,27 @@ def test_paper_gpu_suite_end_to_end_at_tiny_size(tiny_wikitext_dir: Path, tmp_pa
     assert "Devices: cpu (6 runs)" in text  # every summary names its device
     saved = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert saved["tasks"]["bert-paper-gpu"]["gates"][0]["variant"] == "pl"
+
+
+def test_paired_rows_cover_per_layer_baselines_and_pl_plus_ablations() -> None:
+    """PL against baselines as their papers run them and on PL's per-layer allocation; pl+'s ablation
+    against pl+ and random; ratios computed per seed from the final metric."""
+    accuracy = {
+        "dense": [70.0, 72.0, 71.0],
+        "pl": [60.0, 66.0, 63.0],
+        "pl+": [61.0, 65.0, 64.0],
+        "random": [58.0, 62.0, 60.0],
+        "random@per-layer": [66.0, 68.0, 65.0],
+        "pl+@alpha0": [62.0, 64.0, 66.0],
+    }
+    runs = {
+        v: {s: {"final": {"test_accuracy": a}} for s, a in enumerate(values)}
+        for v, values in accuracy.items()
+    }
+    family = {"test_key": "test_accuracy", "higher_is_better": True}
+    rows = {(r["A"], r["B"]): r for r in paired_rows(runs, 0.75, family)}
+    assert {("pl", "random@per-layer"), ("pl+@alpha0", "pl+"), ("pl+@alpha0", "random")} <= set(rows)
+    assert ("pl", "pl+@alpha0") not in rows and ("pl@alpha0", "pl") not in rows
+    logs = [math.log(p / r) for p, r in zip(accuracy["pl"], accuracy["random@per-layer"], strict=True)]
+    expected = math.exp(sum(logs) / 3)
+    assert float(rows[("pl", "random@per-layer")]["A / B (geo. mean)"]) == pytest.approx(expected, abs=5e-4)

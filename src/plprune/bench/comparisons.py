@@ -4,7 +4,7 @@ paired comparisons at each pruning ratio (:mod:`plprune.bench.stats`), and what 
 Variants are grouped by ratio: ``METHOD`` runs at the plan's ratio, ``METHOD@r50``/``@r75``/``@r90`` at
 that ratio, other ablations (``pl@shuffled``...) at the plan's ratio; dense belongs to every group. In each
 group PL and ``pl+`` are compared with every other method (as its paper runs it, and ``METHOD@per-layer``:
-on PL's per-layer filter allocation), and each ablation of PL with PL and random.
+on PL's per-layer filter allocation), and each ablation of PL (or pl+) with the method itself and random.
 """
 
 from __future__ import annotations
@@ -65,9 +65,10 @@ def paired_rows(runs: Runs, main_ratio: float, family: dict[str, Any]) -> list[d
                 comparisons += [(subject, o) for o in members if o not in SUBJECTS and _is_baseline(o)]
         if "pl" in members and "pl+" in members:
             comparisons.append(("pl+", "pl"))
-        for label in members:
-            if label.startswith("pl@"):
-                comparisons += [(label, o) for o in ("pl", "random") if o in members]
+        for label in members:  # PL's (and pl+'s) ablations: against the method itself and random
+            method, _, ablation = label.partition("@")
+            if method in SUBJECTS and ablation:
+                comparisons += [(label, o) for o in (method, "random") if o in members]
         for a, b in comparisons:
             seeds, x, y = _pairs(runs, members[a], members[b], key)
             if len(seeds) < 2:

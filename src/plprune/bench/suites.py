@@ -300,17 +300,19 @@ def _overparam_vgg() -> dict[str, Any]:
             "prune_end": "16e",
             "prune_every": "2e",
             "pl": {"probe_check": 8},
+            "pl+": {"probe_check": 8},
         },
     }
 
 
 # the baselines again on PL's per-layer filter allocation, so PL's ranking is compared on equal terms; PL with
-# the paper's global TopK, without the trace term, and with one or neither kernel feature (shuffled)
-OVERPARAM_CNN_METHODS = ("dense", "pl", "random", "grad-score")
+# the paper's global TopK, without the trace term, and with one or neither kernel feature (shuffled); pl+
+# (kernel features + magnitude, grad-score, SNIP) with and without the trace term
+OVERPARAM_CNN_METHODS = ("dense", "pl", "pl+", "random", "grad-score")
 OVERPARAM_CNN_ABLATIONS = (
     *(f"{m}@per-layer{r}" for r in ("", "+r50", "+r90") for m in ("random", "grad-score")),
     *(f"{m}@{r}" for r in ("r50", "r90") for m in ("pl", "random", "grad-score")),
-    *("pl@global", "pl@alpha0", "pl@lmin-only", "pl@entropy-only", "pl@shuffled"),
+    *("pl@global", "pl@alpha0", "pl@lmin-only", "pl@entropy-only", "pl@shuffled", "pl+@alpha0"),
 )
 
 SUITES["overparam"] = Suite(
