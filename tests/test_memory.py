@@ -68,3 +68,16 @@ def test_cli_refuses_a_huge_model_at_once_and_leaves_no_run(
     assert code == 2 and err.count("plprune: error:") == 1 and "Traceback" not in err
     assert "the BERT has" in err and "GiB" in err and "choose smaller sizes" in err
     assert not out.exists()
+
+
+def test_the_device_check_passes_cpu_and_refuses_a_gpu_too_small(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from plprune.memory import check_fits_on_device
+
+    model = tiny_bert()
+    check_fits_on_device(model, torch.device("cpu"))  # checked at build time instead
+    small = SimpleNamespace(total_memory=training_bytes(model) - 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: small)
+    with pytest.raises(PlpruneError, match=r"to train on cuda:0 .* more than its 0\.0 GiB"):
+        check_fits_on_device(model, torch.device("cuda:0"))

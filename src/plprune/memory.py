@@ -53,3 +53,18 @@ def build_if_it_fits(build: Callable[[], M], what: str, limit_bytes: int | None 
                 "smaller sizes (layers, hidden, ffn, experts, width_multiplier)"
             )
     return build()
+
+
+def check_fits_on_device(model: nn.Module, device: torch.device, what: str = "the model") -> None:
+    """Refuse to move ``model`` to a CUDA ``device`` whose memory is smaller than training's footprint
+    (:func:`training_bytes`); other devices are checked when the model is built."""
+    if device.type != "cuda":
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    limit = torch.cuda.get_device_properties(index).total_memory
+    needed = training_bytes(model)
+    if needed > limit:
+        raise PlpruneError(
+            f"{what} needs about {needed / GIB:.1f} GiB to train on {device} (weights, gradients and Adam "
+            f"moments), more than its {limit / GIB:.1f} GiB; choose smaller sizes or another device"
+        )

@@ -15,6 +15,7 @@ from plprune.devices import describe_device, model_device, resolve_device
 from plprune.errors import PlpruneError, RunDirError
 from plprune.gates import GroupSet
 from plprune.groups import WEIGHT_KIND
+from plprune.memory import check_fits_on_device
 from plprune.run_config import RunConfig, config_differences, normalised_saved_config, save_config
 from plprune.seeding import deterministic_mode
 from plprune.tasks.registry import DEFAULT_KINDS, TASKS, build_task
@@ -203,6 +204,7 @@ def train_run(
 def place_on_device(model: torch.nn.Module, task: Any, device: torch.device) -> None:
     """Move ``model`` to ``device`` and have ``task`` hand out its batches there (tasks with a ``device``
     attribute: the built-in ones; a user's task hands out what its batches hold)."""
+    check_fits_on_device(model, device)
     model.to(device)
     if hasattr(task, "device"):
         task.device = device
