@@ -77,6 +77,10 @@ def test_regime_test() -> None:
     assert not test.check({"train_ppl": 120.0, "test_ppl": 1100.0})[0]  # under-fitted
     assert not test.check({"train_ppl": 40.0, "test_ppl": 100.0})[0]  # fits, but generalises
     assert test.check({"train_accuracy": 100.0})[0] and not test.check({"train_accuracy": 97.0})[0]
+    assert test.check({"train_accuracy": 100.0, "test_accuracy": 73.5}) == (
+        True,
+        "train accuracy 100.00%, test accuracy 73.50%",
+    )
 
 
 def test_ratio_groups_share_dense() -> None:

@@ -80,7 +80,10 @@ class RegimeTest:
         accuracy = final.get("train_accuracy")
         if accuracy is None:
             return False, "no train accuracy recorded"
-        return float(accuracy) >= self.min_train_accuracy, f"train accuracy {float(accuracy):.2f}%"
+        line = f"train accuracy {float(accuracy):.2f}%"
+        if final.get("test_accuracy") is not None:
+            line += f", test accuracy {float(final['test_accuracy']):.2f}%"
+        return float(accuracy) >= self.min_train_accuracy, line
 
     def describe(self) -> str:
         return (
