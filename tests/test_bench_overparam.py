@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from plprune.bench.compare import run_jobs
-from plprune.bench.comparisons import paired_rows, ratio_groups
+from plprune.bench.comparisons import headline, paired_rows, ratio_groups
 from plprune.bench.report import write_report
 from plprune.bench.results import load_results, metric_family
 from plprune.bench.suites import SUITES, RegimeTest, plan_suite
@@ -137,3 +137,33 @@ def test_paired_rows_cover_per_layer_baselines_and_pl_plus_ablations() -> None:
     logs = [math.log(p / r) for p, r in zip(accuracy["pl"], accuracy["random@per-layer"], strict=True)]
     expected = math.exp(sum(logs) / 3)
     assert float(rows[("pl", "random@per-layer")]["A / B (geo. mean)"]) == pytest.approx(expected, abs=5e-4)
+
+
+def test_paired_rows_compare_each_baseline_with_random_on_its_allocation() -> None:
+    """grad-score against random, and grad-score@per-layer against random@per-layer (never across
+    allocations); the headline names the best baseline's verdict against random."""
+    accuracy = {
+        "dense": [70.0, 72.0, 71.0],
+        "pl": [60.0, 66.0, 63.0],
+        "random": [58.0, 62.0, 60.0],
+        "grad-score": [68.0, 71.0, 69.0],
+        "random@per-layer": [66.0, 68.0, 65.0],
+        "grad-score@per-layer": [67.0, 69.0, 64.0],
+    }
+    runs = {
+        v: {s: {"final": {"test_accuracy": a}} for s, a in enumerate(values)}
+        for v, values in accuracy.items()
+    }
+    family = {"test_key": "test_accuracy", "higher_is_better": True}
+    rows = paired_rows(runs, 0.75, family)
+    pairs = {(r["A"], r["B"]) for r in rows}
+    assert {("grad-score", "random"), ("grad-score@per-layer", "random@per-layer")} <= pairs
+    assert ("grad-score@per-layer", "random") not in pairs and ("grad-score", "random@per-layer") not in pairs
+    expected = math.exp(
+        sum(math.log(g / r) for g, r in zip(accuracy["grad-score"], accuracy["random"], strict=True)) / 3
+    )
+    row = next(r for r in rows if (r["A"], r["B"]) == ("grad-score", "random"))
+    assert row["_result"].ratio == pytest.approx(expected)
+    assert row["verdict"] == "grad-score beats random"  # every seed +14% to +17%: interval excludes 1
+    lines = headline(rows, runs, 0.75, family)
+    assert "grad-score vs random: grad-score beats random" in lines[0]

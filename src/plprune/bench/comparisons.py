@@ -4,7 +4,8 @@ paired comparisons at each pruning ratio (:mod:`plprune.bench.stats`), and what 
 Variants are grouped by ratio: ``METHOD`` runs at the plan's ratio, ``METHOD@r50``/``@r75``/``@r90`` at
 that ratio, other ablations (``pl@shuffled``...) at the plan's ratio; dense belongs to every group. In each
 group PL and ``pl+`` are compared with every other method (as its paper runs it, and ``METHOD@per-layer``:
-on PL's per-layer filter allocation), and each ablation of PL (or pl+) with the method itself and random.
+on PL's per-layer filter allocation), each ablation of PL (or pl+) with the method itself and random, and
+every other baseline with random on the same allocation (does any criterion carry signal here?).
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ def paired_rows(runs: Runs, main_ratio: float, family: dict[str, Any]) -> list[d
             method, _, ablation = label.partition("@")
             if method in SUBJECTS and ablation:
                 comparisons += [(label, o) for o in (method, "random") if o in members]
+        for label in members:  # the baselines themselves against random on the same allocation
+            method, _, ablation = label.partition("@")
+            if _is_baseline(label) and method not in ("random", "dense"):
+                control = "random@per-layer" if ablation == "per-layer" else "random"
+                if control in members:
+                    comparisons.append((label, control))
         for a, b in comparisons:
             seeds, x, y = _pairs(runs, members[a], members[b], key)
             if len(seeds) < 2:
@@ -123,6 +130,11 @@ def headline(rows: list[dict[str, Any]], runs: Runs, main_ratio: float, family: 
                     f"vs {title}: {row['verdict']} (PL/{other} {row['A / B (geo. mean)']}, "
                     f"95% CI {row['95% CI (paired t)']})"
                 )
+        if best and by.get((ratio, best, "random")):
+            row = by[(ratio, best, "random")]
+            parts.append(
+                f"{best} vs random: {row['verdict']} ({row['A / B (geo. mean)']}, {row['95% CI (paired t)']})"
+            )
         plus = by.get((ratio, "pl+", "pl"))
         if plus:
             parts.append(
