@@ -103,7 +103,7 @@ def test_paper_gpu_suite_end_to_end_at_tiny_size(tiny_wikitext_dir: Path, tmp_pa
     runs = loaded.tasks["bert-paper-gpu"]
     family = metric_family(runs["pl"][0])
     rows = paired_rows(runs, 0.75, family)
-    assert {(r["A"], r["B"]) for r in rows} == {("pl", "dense"), ("pl", "random")}
+    assert {(r["A"], r["B"]) for r in rows} == {("pl", "dense"), ("pl", "random"), ("random", "dense")}
     expected = runs["pl"][0]["final"]["test_ppl"] / runs["random"][0]["final"]["test_ppl"]
     row = next(r for r in rows if r["B"] == "random")
     assert row["_result"].per_seed[0] == expected
@@ -159,6 +159,7 @@ def test_paired_rows_compare_each_baseline_with_random_on_its_allocation() -> No
     pairs = {(r["A"], r["B"]) for r in rows}
     assert {("grad-score", "random"), ("grad-score@per-layer", "random@per-layer")} <= pairs
     assert ("grad-score@per-layer", "random") not in pairs and ("grad-score", "random@per-layer") not in pairs
+    assert {("random", "dense"), ("grad-score", "dense"), ("random@per-layer", "dense")} <= pairs
     expected = math.exp(
         sum(math.log(g / r) for g, r in zip(accuracy["grad-score"], accuracy["random"], strict=True)) / 3
     )

@@ -5,7 +5,8 @@ Variants are grouped by ratio: ``METHOD`` runs at the plan's ratio, ``METHOD@r50
 that ratio, other ablations (``pl@shuffled``...) at the plan's ratio; dense belongs to every group. In each
 group PL and ``pl+`` are compared with every other method (as its paper runs it, and ``METHOD@per-layer``:
 on PL's per-layer filter allocation), each ablation of PL (or pl+) with the method itself and random, and
-every other baseline with random on the same allocation (does any criterion carry signal here?).
+every other baseline with random on the same allocation (does any criterion carry signal here?) and with
+dense (does pruning itself help?).
 """
 
 from __future__ import annotations
@@ -70,12 +71,15 @@ def paired_rows(runs: Runs, main_ratio: float, family: dict[str, Any]) -> list[d
             method, _, ablation = label.partition("@")
             if method in SUBJECTS and ablation:
                 comparisons += [(label, o) for o in (method, "random") if o in members]
-        for label in members:  # the baselines themselves against random on the same allocation
+        for label in members:  # the baselines: against random on the same allocation, and dense
             method, _, ablation = label.partition("@")
-            if _is_baseline(label) and method not in ("random", "dense"):
-                control = "random@per-layer" if ablation == "per-layer" else "random"
-                if control in members:
-                    comparisons.append((label, control))
+            if not _is_baseline(label) or method == "dense":
+                continue
+            control = "random@per-layer" if ablation == "per-layer" else "random"
+            if method != "random" and control in members:
+                comparisons.append((label, control))
+            if "dense" in members:
+                comparisons.append((label, "dense"))
         for a, b in comparisons:
             seeds, x, y = _pairs(runs, members[a], members[b], key)
             if len(seeds) < 2:
