@@ -43,7 +43,7 @@ def test_overparam_cnn_plan(tmp_path: Path) -> None:
     """The VGG half: 400 training samples, baselines again on PL's per-layer allocation, at 50/75/90%."""
     jobs = plan_suite("overparam", tmp_path, tasks=["vgg-overparam"])
     variants = {(j.variant, j.seed): j for j in jobs}
-    assert len(jobs) == len(variants) == 115  # 5 methods + 6 per-layer + 6 ratio variants + 6 PL ablations
+    assert len(jobs) == len(variants) == 140  # 5 methods + 6 per-layer + 8 ratio variants + 9 PL ablations
     dense = variants[("dense", 0)].config
     assert dense["data"]["train_fraction"] == 0.125 and dense["train"]["optimizer"] == "sgd"
     prune = variants[("random@per-layer+r90", 3)].config["prune"]
@@ -51,9 +51,13 @@ def test_overparam_cnn_plan(tmp_path: Path) -> None:
     assert variants[("pl@global", 0)].config["prune"]["allocation"] == "global"
     assert "allocation" not in variants[("grad-score", 0)].config["prune"]  # its own (the paper's)
     groups = ratio_groups({v: {0: {}} for v, _ in variants}, 0.75)
-    expected = {"dense", "pl", "random", "grad-score", "random@per-layer", "grad-score@per-layer"}
+    expected = {"dense", "pl", "pl+", "pl@alpha0", "random", "grad-score"}
+    expected |= {"random@per-layer", "grad-score@per-layer"}
     assert set(groups[0.9]) == expected
     assert variants[("pl+@alpha0", 2)].config["prune"]["pl+"] == {"probe_check": 8, "alpha": 0.0}
+    assert variants[("pl@probes8", 1)].config["prune"]["pl"] == {"probe_check": 8, "num_probes": 8}
+    r50 = variants[("pl@r50+alpha0", 4)].config["prune"]
+    assert (r50["ratio"], r50["pl"]["alpha"]) == (0.5, 0.0)
 
 
 def test_variant_selection(tmp_path: Path) -> None:
@@ -65,6 +69,8 @@ def test_variant_selection(tmp_path: Path) -> None:
         ("bert-overparam", "pl@r50+alpha0", 1),
         ("vgg-overparam", "dense", 0),
         ("vgg-overparam", "dense", 1),
+        ("vgg-overparam", "pl@r50+alpha0", 0),
+        ("vgg-overparam", "pl@r50+alpha0", 1),
     ]
     assert all(j.config["train"]["device"] == "cuda" for j in jobs)
     with pytest.raises(PlpruneError, match=r"unknown variant\(s\) \['pl@r60'\]"):

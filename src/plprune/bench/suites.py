@@ -309,13 +309,16 @@ def _overparam_vgg() -> dict[str, Any]:
 
 
 # the baselines again on PL's per-layer filter allocation, so PL's ranking is compared on equal terms; PL with
-# the paper's global TopK, without the trace term, and with one or neither kernel feature (shuffled); pl+
-# (kernel features + magnitude, grad-score, SNIP) with and without the trace term
+# the paper's global TopK, without the trace term, with one or neither kernel feature (shuffled) and with 8
+# Hutchinson probes; pl+ (kernel features + magnitude, grad-score, SNIP) with and without the trace term
 OVERPARAM_CNN_METHODS = ("dense", "pl", "pl+", "random", "grad-score")
 OVERPARAM_CNN_ABLATIONS = (
     *(f"{m}@per-layer{r}" for r in ("", "+r50", "+r90") for m in ("random", "grad-score")),
     *(f"{m}@{r}" for r in ("r50", "r90") for m in ("pl", "random", "grad-score")),
     *("pl@global", "pl@alpha0", "pl@lmin-only", "pl@entropy-only", "pl@shuffled", "pl+@alpha0"),
+    # added after the first 115 runs: the probe noise measured on filters (one probe's relative error ≈ 13)
+    # asked for 8 probes per gate batch; pl+ and PL without the trace term at 50% and 90%, too
+    *("pl@probes8", "pl+@r50", "pl+@r90", "pl@r50+alpha0", "pl@r90+alpha0"),
 )
 
 SUITES["overparam"] = Suite(
