@@ -20,15 +20,17 @@ from plprune.errors import PlpruneError
 def test_overparam_plan(tmp_path: Path) -> None:
     jobs = plan_suite("overparam", tmp_path, data_dir="/data", tasks=["bert-overparam"])
     variants = {(j.variant, j.seed): j for j in jobs}
-    assert len(jobs) == len(variants) == 115  # 6 methods + 10 ratio variants + 7 PL ablations, 5 seeds
+    assert len(jobs) == len(variants) == 120  # 6 methods + 10 ratio variants + 8 PL ablations, 5 seeds
     # main comparison first, seed by seed; then each ablation block seed by seed
     assert [(j.variant, j.seed) for j in jobs[:7]][-1] == ("dense", 1)
     assert jobs[30].variant == "pl@r90" and jobs[30].seed == 0
     # PL's setting ablations form one block, seed by seed
-    assert [(j.variant, j.seed) for j in jobs[80:86]] == [
-        *(("pl@" + a, 0) for a in ("lmin-only", "entropy-only", "shuffled", "full-pass", "alpha0")),
+    settings = ("lmin-only", "entropy-only", "shuffled", "full-pass", "alpha0", "probes8")
+    assert [(j.variant, j.seed) for j in jobs[80:87]] == [
+        *(("pl@" + a, 0) for a in settings),
         ("pl@lmin-only", 1),
     ]
+    assert variants[("pl@probes8", 2)].config["prune"]["pl"]["num_probes"] == 8
     alpha0 = variants[("pl@r90+alpha0", 4)].config["prune"]
     assert (alpha0["ratio"], alpha0["pl"]["alpha"]) == (0.9, 0.0)
     config = variants[("pl@shuffled", 3)].config

@@ -282,7 +282,7 @@ OVERPARAM_RATIO_ABLATIONS = tuple(
 )
 OVERPARAM_PL_ABLATIONS = (
     *("pl@lmin-only", "pl@entropy-only", "pl@shuffled", "pl@full-pass", "pl@alpha0"),
-    *("pl@r50+alpha0", "pl@r90+alpha0"),
+    *("pl@r50+alpha0", "pl@r90+alpha0", "pl@probes8"),
 )
 
 
