@@ -123,6 +123,17 @@ def test_paper_gpu_suite_end_to_end_at_tiny_size(tiny_wikitext_dir: Path, tmp_pa
     assert saved["tasks"]["bert-paper-gpu"]["gates"][0]["variant"] == "pl"
 
 
+ACCURACY_FAMILY = {"test_key": "test_accuracy", "higher_is_better": True}
+
+
+def _accuracy_runs(accuracy: dict[str, list[float]]) -> dict[str, dict[int, dict]]:
+    """``{variant: {seed: run}}`` with only the final test accuracy, seed s taking the s-th value."""
+    return {
+        v: {s: {"final": {"test_accuracy": a}} for s, a in enumerate(values)}
+        for v, values in accuracy.items()
+    }
+
+
 def test_paired_rows_cover_per_layer_baselines_and_pl_plus_ablations() -> None:
     """PL against baselines as their papers run them and on PL's per-layer allocation; pl+'s ablation
     against pl+ and random; ratios computed per seed from the final metric."""
@@ -134,12 +145,8 @@ def test_paired_rows_cover_per_layer_baselines_and_pl_plus_ablations() -> None:
         "random@per-layer": [66.0, 68.0, 65.0],
         "pl+@alpha0": [62.0, 64.0, 66.0],
     }
-    runs = {
-        v: {s: {"final": {"test_accuracy": a}} for s, a in enumerate(values)}
-        for v, values in accuracy.items()
-    }
-    family = {"test_key": "test_accuracy", "higher_is_better": True}
-    rows = {(r["A"], r["B"]): r for r in paired_rows(runs, 0.75, family)}
+    runs = _accuracy_runs(accuracy)
+    rows = {(r["A"], r["B"]): r for r in paired_rows(runs, 0.75, ACCURACY_FAMILY)}
     assert {("pl", "random@per-layer"), ("pl+@alpha0", "pl+"), ("pl+@alpha0", "random")} <= set(rows)
     assert ("pl", "pl+@alpha0") not in rows and ("pl@alpha0", "pl") not in rows
     logs = [math.log(p / r) for p, r in zip(accuracy["pl"], accuracy["random@per-layer"], strict=True)]
@@ -158,12 +165,8 @@ def test_paired_rows_compare_each_baseline_with_random_on_its_allocation() -> No
         "random@per-layer": [66.0, 68.0, 65.0],
         "grad-score@per-layer": [67.0, 69.0, 64.0],
     }
-    runs = {
-        v: {s: {"final": {"test_accuracy": a}} for s, a in enumerate(values)}
-        for v, values in accuracy.items()
-    }
-    family = {"test_key": "test_accuracy", "higher_is_better": True}
-    rows = paired_rows(runs, 0.75, family)
+    runs = _accuracy_runs(accuracy)
+    rows = paired_rows(runs, 0.75, ACCURACY_FAMILY)
     pairs = {(r["A"], r["B"]) for r in rows}
     assert {("grad-score", "random"), ("grad-score@per-layer", "random@per-layer")} <= pairs
     assert ("grad-score@per-layer", "random") not in pairs and ("grad-score", "random@per-layer") not in pairs
@@ -174,5 +177,5 @@ def test_paired_rows_compare_each_baseline_with_random_on_its_allocation() -> No
     row = next(r for r in rows if (r["A"], r["B"]) == ("grad-score", "random"))
     assert row["_result"].ratio == pytest.approx(expected)
     assert row["verdict"] == "grad-score beats random"  # every seed +14% to +17%: interval excludes 1
-    lines = headline(rows, runs, 0.75, family)
+    lines = headline(rows, runs, 0.75, ACCURACY_FAMILY)
     assert "grad-score vs random: grad-score beats random" in lines[0]

@@ -104,7 +104,7 @@ def paired_rows(runs: Runs, main_ratio: float, family: dict[str, Any]) -> list[d
 
 def headline(rows: list[dict[str, Any]], runs: Runs, main_ratio: float, family: dict[str, Any]) -> list[str]:
     """Per ratio: does PL beat random, the best baseline (best mean among the other pruning methods) and
-    dense — each with its interval; and does pl+ beat PL."""
+    dense — each with its interval; does the best baseline beat random; and does pl+ beat PL."""
     key, higher = family["test_key"], family["higher_is_better"]
     by = {(r["_ratio"], r["A"], r["B"]): r for r in rows}
     lines = []
