@@ -230,6 +230,9 @@ def test_dead_group_has_finite_documented_features() -> None:
     assert features.dead.tolist() == [True, False]
     assert 1.0 <= features.condition_number[1] < 1.0 / CONDITION_EPS
     assert 0 < features.entropy[1] <= math.log(N_SAMPLES)
+    live = reference_features(reference_bert_jacobians(model, batch)[1:2])  # the live head, from numpy
+    assert float(features.condition_number[1]) == pytest.approx(live["kappa"][0], rel=1e-6)
+    assert float(features.entropy[1]) == pytest.approx(live["entropy"][0], rel=1e-9)
 
 
 def test_kernel_features_synthetic_conventions() -> None:
