@@ -275,7 +275,7 @@ def test_bad_input_gives_one_clear_error_each() -> None:
     with pytest.raises(PlpruneError, match="no mixture-of-experts layer"):
         plprune.Pruner(tiny_bert(), random, plprune.OneShot(0, 0.5), kinds=("expert",))
     with pytest.raises(PlpruneError, match="group kinds must be"):
-        plprune.Pruner(tiny_bert(), random, plprune.OneShot(0, 0.5), kinds=("neuron",))
+        plprune.Pruner(tiny_bert(), random, plprune.OneShot(0, 0.5), kinds=("channel",))
     with pytest.raises(PlpruneError, match="look at training data"):
         plprune.Pruner(tiny_bert(), plprune.scorers.PL(), plprune.OneShot(0, 0.5), kinds=("head",))
     with pytest.raises(PlpruneError, match="loss_fn was given without batches"):

@@ -20,7 +20,8 @@ from torch.utils.hooks import RemovableHandle
 
 from plprune.errors import PlpruneError
 
-GROUP_KINDS = ("head", "expert", "filter")
+#: every group kind: attention heads, MoE experts, conv filters, feed-forward neurons (intermediate channels)
+GROUP_KINDS = ("head", "expert", "filter", "neuron")
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plprune.errors import PlpruneError
+from plprune.groups import GROUP_KINDS
 from plprune.validation import check_field_types
 
-ALL_KINDS = ("head", "expert", "filter")
+ALL_KINDS = GROUP_KINDS
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ the built-in ones in :mod:`plprune.sites.builtin`), conv filters through a depen
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -38,6 +39,7 @@ __all__ = [
     "MoEAdapter",
     "find_sites",
     "register_attention",
+    "register_kind_finder",
     "register_moe",
 ]
 
@@ -47,6 +49,52 @@ _HOW_TO_ADAPT = (
     "matches=lambda m: isinstance(m, YourAttention), "
     "query='q', key='k', value='v', output='o', num_heads=lambda m: m.n_heads)) (docs/byom.md)"
 )
+
+
+def _head_sites(model: nn.Module, example_inputs: Any) -> list[GateSite]:
+    heads, unmatched = find_head_sites(model)
+    if not heads:
+        found = "no attention module"
+        if unmatched:
+            found = f"attention modules of class {', '.join(unmatched)} with no adapter"
+        raise PlpruneError(
+            f"{type(model).__name__} has no attention heads plprune can find ({found}); "
+            f"to prune heads, {_HOW_TO_ADAPT}"
+        )
+    return list(heads)
+
+
+def _expert_sites(model: nn.Module, example_inputs: Any) -> list[GateSite]:
+    experts = find_expert_sites(model)
+    if not experts:
+        raise PlpruneError(
+            f"{type(model).__name__} has no mixture-of-experts layer plprune can find; known families: "
+            "plprune's Switch, Hugging Face SwitchTransformers and Mixtral; add yours with "
+            "plprune.register_moe(plprune.MoEAdapter(name=..., matches=..., experts=..., router=...))"
+        )
+    return list(experts)
+
+
+def _filter_sites(model: nn.Module, example_inputs: Any) -> list[GateSite]:
+    from plprune.sites.filter_discovery import find_filter_sites
+
+    return list(find_filter_sites(model, example_inputs))
+
+
+#: kind -> finder(model, example_inputs): the kind's sites, or a PlpruneError saying what was found and how
+#: to make the kind discoverable. A new kind adds one entry (with :func:`register_kind_finder`).
+KindFinder = Callable[[nn.Module, Any], list[GateSite]]
+_FINDERS: dict[str, KindFinder] = {"head": _head_sites, "expert": _expert_sites, "filter": _filter_sites}
+#: kinds that need example inputs to be found (found by tracing); skipped by ``kinds=None`` without them
+_NEEDS_INPUTS = {"filter"}
+
+
+def register_kind_finder(kind: str, finder: KindFinder, *, needs_example_inputs: bool = False) -> None:
+    """Make ``find_sites`` find the groups of ``kind`` (one of :data:`plprune.groups.GROUP_KINDS`)."""
+    check_kinds((kind,))
+    _FINDERS[kind] = finder
+    if needs_example_inputs:
+        _NEEDS_INPUTS.add(kind)
 
 
 def find_sites(
@@ -72,42 +120,23 @@ def find_sites(
         return sites
     kinds = check_kinds(tuple(kinds))
     sites: list[GateSite] = []
-    if "head" in kinds:
-        heads, unmatched = find_head_sites(model)
-        if not heads:
-            found = (
-                f"attention modules of class {', '.join(unmatched)} with no adapter"
-                if unmatched
-                else ("no attention module")
-            )
-            raise PlpruneError(
-                f"{type(model).__name__} has no attention heads plprune can find ({found}); "
-                f"to prune heads, {_HOW_TO_ADAPT}"
-            )
-        sites.extend(heads)
-    if "expert" in kinds:
-        experts = find_expert_sites(model)
-        if not experts:
-            raise PlpruneError(
-                f"{type(model).__name__} has no mixture-of-experts layer plprune can find; known families: "
-                "plprune's Switch, Hugging Face SwitchTransformers and Mixtral; add yours with "
-                "plprune.register_moe(plprune.MoEAdapter(name=..., matches=..., experts=..., router=...))"
-            )
-        sites.extend(experts)
-    if "filter" in kinds:
-        from plprune.sites.filter_discovery import find_filter_sites
-
-        sites.extend(find_filter_sites(model, example_inputs))
+    for kind in kinds:
+        if kind not in _FINDERS:
+            raise PlpruneError(f"no finder is registered for group kind {kind!r}")
+        sites.extend(_FINDERS[kind](model, example_inputs))
     return _in_module_order(model, sites)
 
 
 def _any_sites(model: nn.Module, example_inputs: Any) -> list[GateSite]:
-    sites: list[GateSite] = [*find_head_sites(model)[0], *find_expert_sites(model)]
-    if example_inputs is not None:
-        from plprune.sites.filter_discovery import find_filter_sites
-
-        with contextlib.suppress(PlpruneError):  # no conv filters: fine when no kind was asked for
-            sites.extend(find_filter_sites(model, example_inputs))
+    """Every kind's sites that are there; kinds found by tracing only when ``example_inputs`` are given.
+    (Neurons are not found here: ``kinds=None`` keeps meaning heads, experts and filters, as before; ask for
+    ``"neuron"`` by name.)"""
+    sites: list[GateSite] = []
+    for kind, finder in _FINDERS.items():
+        if kind == "neuron" or (kind in _NEEDS_INPUTS and example_inputs is None):
+            continue
+        with contextlib.suppress(PlpruneError):  # a kind that is not there: fine when none was asked for
+            sites.extend(finder(model, example_inputs))
     return _in_module_order(model, sites)
 
 
