@@ -343,8 +343,9 @@ def test_mixtral_fused_experts_are_slices_and_gated_through_the_routing_weights(
         max_position_embeddings=16,
     )
     model = transformers.MixtralForCausalLM(config).eval()
-    with pytest.raises(PlpruneError, match="grouped-query"):
-        GroupSet(model, kinds=("head",))
+    heads = GroupSet(model, kinds=("head",))  # multi-query attention: 2 query heads per layer, 1 KV head
+    assert [s.num_groups for s in heads.sites] == [2, 2] and all(s.kv_heads == 1 for s in heads.sites)
+    heads.remove_hooks()
     ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(1))
     dense, by_hand = model(input_ids=ids).logits, copy.deepcopy(model)
     groups = GroupSet(model, kinds=("expert",))

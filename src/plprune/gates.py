@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
 from plprune.groups import GROUP_KINDS, GateSite, Group, check_kinds
-from plprune.keep import check_protection
+from plprune.keep import check_even, check_protection
 from plprune.keep import check_ratio as check_kind_ratio
 
 
@@ -75,8 +75,23 @@ class GroupSet:
         self.layer_ids = torch.tensor([unique.index(k) for k in layer_keys])
         self.kinds = tuple(dict.fromkeys(g.kind for g in self.groups))
         self.mask = torch.ones(len(self.groups), dtype=torch.bool)
+        self.even_ids = self._even_ids()
         for site in self.sites:
             site.attach()
+
+    def _even_ids(self) -> Tensor | None:
+        """Per group, its bucket (ids unique across sites; ``-1``: free) where a site asks that its buckets
+        keep equal counts (grouped-query attention: a query head's KV head, ``HeadSite.even_ids``);
+        ``None`` when no site does."""
+        ids = torch.full((len(self.groups),), -1, dtype=torch.long)
+        offset = 0
+        for site, (start, stop) in zip(self.sites, self._ranges, strict=True):
+            even = getattr(site, "even_ids", None)
+            buckets = even() if callable(even) else None
+            if buckets is not None:
+                ids[start:stop] = torch.tensor(buckets, dtype=torch.long) + offset
+                offset += max(buckets) + 1
+        return ids if offset else None
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -155,6 +170,9 @@ class GroupSet:
             revived = [self.groups[i].name for i in (mask & ~self.mask).nonzero().flatten().tolist()]
             raise PlpruneError(f"cannot revive pruned groups {revived[:5]}; masks only remove groups")
         self.check_protection(mask)
+        if self.even_ids is not None:
+            names = [f"{g.kind} layer {g.layer}" for g in self.groups]
+            check_even(mask, self.even_ids, self.layer_ids, names)
         self.mask = mask.clone()
         for site, (start, stop) in zip(self.sites, self._ranges, strict=True):
             site.set_hard_mask(self.mask[start:stop])

@@ -118,12 +118,14 @@ def select_mask(
     for kind in groups.kinds:
         kind_ratio = ratio if isinstance(ratio, (int, float)) else ratio.get(kind, 0.0)
         index = groups.kind_index(kind)
+        even = getattr(groups, "even_ids", None)
         mask[index] = kind_mask(
             scores[index],
             kind_ratio,
             groups.layer_ids[index],
             groups.mask[index],
             kind_allocation(allocation, kind),
+            even_ids=None if even is None else even[index],
         )
     return mask
 
@@ -138,7 +140,13 @@ def kind_allocation(allocation: str, kind: str | None) -> str:
 
 
 def kind_mask(
-    scores: Tensor, ratio: float, layer_ids: Tensor, alive: Tensor | None = None, allocation: str = "global"
+    scores: Tensor,
+    ratio: float,
+    layer_ids: Tensor,
+    alive: Tensor | None = None,
+    allocation: str = "global",
+    *,
+    even_ids: Tensor | None = None,
 ) -> Tensor:
     """Keep mask of the ``p`` groups of one kind at pruned ratio ``ratio`` (the rule of :func:`select_mask`
     for one kind; also the ℓ0 projection's kept set, :class:`plprune.sparsity.prox.ProximalMethod`).
@@ -146,17 +154,68 @@ def kind_mask(
     ``"global"``: :func:`protected_top_k` keeps ``p − prune_count(p, ratio)`` groups. ``"per_layer"``: every
     layer of ``c`` groups keeps ``max(1, c − prune_count(c, ratio))`` of them (at most its alive ones), the
     best-scored alive ones of that layer. (``"per_layer_for_filters"`` needs the kind: resolve it with
-    :func:`kind_allocation` first.)
+    :func:`kind_allocation` first.) ``even_ids`` (optional, one per group, ``-1`` where free): groups of a
+    layer that share an id ≥ 0 form a bucket, and every bucket of a layer keeps the same number of groups
+    (:func:`even_within_buckets`: grouped-query attention's query heads per KV head).
     """
     check_choice("allocation", allocation, ("global", "per_layer"))
     p = scores.shape[0]
     alive = torch.ones(p, dtype=torch.bool) if alive is None else alive.to(torch.bool)
     if allocation == "global":
-        return protected_top_k(scores, p - prune_count(p, ratio), layer_ids, alive=alive)
-    mask = torch.zeros(p, dtype=torch.bool)
-    for layer in torch.unique(layer_ids):
-        members = (layer_ids == layer).nonzero().flatten()
-        keep = max(1, len(members) - prune_count(len(members), ratio))
-        keep = min(keep, int(alive[members].sum()))
-        mask[members] = protected_top_k(scores[members], keep, layer_ids[members], alive=alive[members])
+        mask = protected_top_k(scores, p - prune_count(p, ratio), layer_ids, alive=alive)
+    else:
+        mask = torch.zeros(p, dtype=torch.bool)
+        for layer in torch.unique(layer_ids):
+            members = (layer_ids == layer).nonzero().flatten()
+            keep = max(1, len(members) - prune_count(len(members), ratio))
+            keep = min(keep, int(alive[members].sum()))
+            mask[members] = protected_top_k(scores[members], keep, layer_ids[members], alive=alive[members])
+    if even_ids is not None and bool((even_ids >= 0).any()):
+        mask = even_within_buckets(mask, scores, layer_ids, alive, even_ids)
     return mask
+
+
+def even_within_buckets(
+    mask: Tensor, scores: Tensor, layer_ids: Tensor, alive: Tensor, even_ids: Tensor
+) -> Tensor:
+    """``mask`` made even within buckets: a layer whose groups fall into ``B`` buckets (``even_ids`` ≥ 0) and
+    that ``mask`` keeps ``k`` groups of keeps ``B · max(1, round(k / B))`` (at most what is alive), the
+    best-scored alive groups of each bucket; ties go to the lower index.
+
+    This is how grouped-query attention is pruned (query head j reads KV head ``j // (heads / kv_heads)``,
+    the bucket): every KV head keeps the same number of query heads, so the compacted layer is again
+    grouped-query attention with the same KV heads (Torch-Pruning prunes GQA heads evenly per KV group the
+    same way). A layer's count moves by less than ``B / 2`` groups.
+    """
+    mask = mask.clone()
+    for layer in torch.unique(layer_ids):
+        members = ((layer_ids == layer) & (even_ids >= 0)).nonzero().flatten()
+        if not len(members):
+            continue
+        buckets = torch.unique(even_ids[members])
+        per_alive = min(int(alive[members][even_ids[members] == b].sum()) for b in buckets)
+        per = min(max(1, math.floor(int(mask[members].sum()) / len(buckets) + 0.5)), per_alive)
+        for bucket in buckets:
+            inside = members[even_ids[members] == bucket]
+            candidates = inside[alive[inside]]
+            order = torch.sort(scores[candidates].detach().double(), descending=True, stable=True).indices
+            mask[inside] = False
+            mask[candidates[order[:per]]] = True
+    return mask
+
+
+def check_even(mask: Tensor, even_ids: Tensor, layer_ids: Tensor, names: Sequence[str]) -> None:
+    """Raise unless every bucket of a layer keeps the same number of groups (:func:`even_within_buckets`)."""
+    for layer in torch.unique(layer_ids):
+        members = ((layer_ids == layer) & (even_ids >= 0)).nonzero().flatten()
+        if not len(members):
+            continue
+        ids = even_ids[members]
+        counts = {int(b): int(mask[members][ids == b].sum()) for b in torch.unique(ids)}
+        if len(set(counts.values())) > 1:
+            raise PlpruneError(
+                f"the mask keeps {sorted(counts.values())} query heads in the key/value groups of "
+                f"{names[int(members[0])]}: grouped-query attention needs the same number in every group "
+                "(query head j reads KV head j // (heads / kv_heads)), else the compacted layer has no "
+                "consistent mapping; masks from plprune's keep rule are always even"
+            )

@@ -47,6 +47,17 @@ def register_planner(site_type: type) -> Callable[[Planner], Planner]:
     return decorator
 
 
+PlanCheck = Callable[[GroupSet], None]
+_PLAN_CHECKS: list[PlanCheck] = []
+
+
+def register_plan_check(check: PlanCheck) -> PlanCheck:
+    """Decorator: ``check(groups)`` runs before any planner and raises if the mask, taken as a whole, cannot
+    be compacted (constraints across sites, e.g. layers sharing one per-head table)."""
+    _PLAN_CHECKS.append(check)
+    return check
+
+
 def _planner_for(site: GateSite) -> Planner:
     for klass in type(site).__mro__:
         if klass in _PLANNERS:
@@ -101,6 +112,8 @@ def strip_gate_hooks(model: nn.Module) -> None:
 
 def plan(groups: GroupSet, example_inputs: Any = None) -> list[Op]:
     """The edits that remove every pruned group of ``groups`` from its model (nothing is applied)."""
+    for check in _PLAN_CHECKS:
+        check(groups)
     ops: list[Op] = []
     for site, start, stop in groups.site_ranges():
         keep = groups.mask[start:stop]
