@@ -134,7 +134,7 @@ def _index_twin(model: nn.Module) -> tuple[nn.Module, list[str]]:
     strip_gate_hooks(twin)
     names = []
     with torch.no_grad():
-        for i, (name, param) in enumerate(twin.named_parameters(remove_duplicate=False)):
+        for i, (name, param) in enumerate(twin.named_parameters()):  # a tied weight once, by its first name
             if param.numel() >= _ORIGIN:
                 raise PlpruneError(f"parameter {name} has {param.numel()} elements, too many to track")
             numbers = torch.arange(param.numel(), dtype=torch.float64).view(param.shape) + float(i * _ORIGIN)
