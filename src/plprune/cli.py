@@ -77,6 +77,7 @@ _RUN_FLAGS: list[tuple[str, str, str, type, str]] = [
     ("--expert-ffn", "model", "expert_ffn", int, "switch tasks: expert FFN size (default: --ffn)"),
     ("--width-multiplier", "model", "width_multiplier", float, "CNN tasks: channels × this (default 0.25)"),
     ("--depth", "model", "depth", int, "resnet tasks: depth 6n+2, e.g. 20 (default) or 56"),
+    ("--kv-heads", "model", "kv_heads", int, "hf-llama tasks: key/value heads; must divide --heads (2)"),
     ("--num-samples", "data", "num_samples", int, "mnist1d tasks: number of generated samples (4000)"),
     (
         "--train-fraction",
@@ -121,7 +122,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--task",
         help="bert-wikitext2 (default), bert-pydoc, hf-bert-wikitext2, hf-bert-pydoc (a Hugging Face "
         "BertForMaskedLM of the same sizes), switch-wikitext2, switch-pydoc (MoE experts), "
-        "vgg-mnist1d, resnet-mnist1d, vgg-digits (conv filters; offline data)",
+        "hf-llama-wikitext2, hf-llama-pydoc (a Hugging Face LlamaForCausalLM with grouped-query attention, "
+        "next-token LM), vgg-mnist1d, resnet-mnist1d, vgg-digits (conv filters; offline data)",
     )
     parser.add_argument("--config", type=Path, help="TOML file with task and [data]/[model]/[train] tables")
     from plprune.pruners.registry import METHODS, setting_flags

@@ -72,7 +72,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """Architecture sizes. BERT/Switch: layers, hidden, heads, ffn, dropout, pre_layer_norm; Switch only:
-    experts, capacity_factor, aux_loss_weight, expert_ffn (default: ffn). CNNs (vgg-*, resnet-*):
+    experts, capacity_factor, aux_loss_weight, expert_ffn (default: ffn). Llama (hf-llama-*): layers, hidden,
+    heads (query heads), kv_heads (key/value heads, grouped-query attention; ``None``: as many as heads),
+    ffn (SwiGLU width), dropout (attention dropout; Llama has no other). CNNs (vgg-*, resnet-*):
     width_multiplier (channels × w), depth (ResNet: 6n+2, e.g. 20 or 56)."""
 
     layers: int = 4
@@ -87,6 +89,7 @@ class ModelConfig:
     expert_ffn: int | None = None
     width_multiplier: float = 0.25
     depth: int = 20
+    kv_heads: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "heads", "ffn"):
@@ -108,6 +111,14 @@ class ModelConfig:
         check_positive_int("depth", self.depth)
         if self.hidden % self.heads:
             raise PlpruneError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        if self.kv_heads is not None:
+            check_positive_int("kv_heads", self.kv_heads)
+            if self.heads % self.kv_heads:
+                valid = [k for k in range(1, self.heads + 1) if self.heads % k == 0]
+                raise PlpruneError(
+                    f"kv_heads ({self.kv_heads}) must divide heads ({self.heads}): each key/value head "
+                    f"serves heads / kv_heads query heads; valid: {valid}"
+                )
 
 
 @dataclass

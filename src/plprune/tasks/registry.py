@@ -19,11 +19,13 @@ from plprune.data import (
     pydoc_corpus,
     read_wikitext_dir,
 )
-from plprune.errors import DataError
+from plprune.data.causal_lm import prepare_causal_lm_data
+from plprune.errors import DataError, PlpruneError
 from plprune.memory import build_if_it_fits
 from plprune.models import VGG, BertConfig, BertForMaskedLM, ResNet, SwitchConfig, SwitchForMaskedLM
 from plprune.run_config import RunConfig
 from plprune.tasks.base import Task
+from plprune.tasks.causal_lm import CausalLmTask
 from plprune.tasks.classification import ClassificationTask, check_model_input
 from plprune.tasks.mlm import MlmTask
 from plprune.validation import check_choice
@@ -133,6 +135,55 @@ def build_switch_pydoc(config: RunConfig, run_dir: Path) -> tuple[nn.Module, Tas
     return _build_mlm(config, run_dir, pydoc_corpus(), switch=True)
 
 
+def causal_lm_model_for(config: RunConfig, vocab_size: int) -> nn.Module:
+    """The Hugging Face Llama-style causal LM a run config describes (``layers``, ``hidden``, ``heads`` query
+    heads, ``kv_heads`` key/value heads, ``ffn`` SwiGLU width, ``dropout`` as attention dropout, max positions
+    = ``seq_len``, tied embeddings), freshly initialised."""
+    from plprune.models.hf_llama import CausalLmConfig, HfLlamaForCausalLM  # imports transformers
+
+    m = config.model
+    llama_config = CausalLmConfig(
+        vocab_size=vocab_size,
+        hidden_size=m.hidden,
+        num_layers=m.layers,
+        num_heads=m.heads,
+        num_kv_heads=m.heads if m.kv_heads is None else m.kv_heads,
+        ffn_size=m.ffn,
+        max_length=config.data.seq_len,
+        attention_dropout=m.dropout,
+    )
+    return build_if_it_fits(lambda: HfLlamaForCausalLM(llama_config), "the Hugging Face Llama")
+
+
+def _build_causal_lm(config: RunConfig, run_dir: Path, corpus: CorpusText) -> tuple[nn.Module, Task]:
+    tokenizer = build_or_load_tokenizer(
+        Path(run_dir) / TOKENIZER_FILE,
+        corpus.train,
+        kind=config.data.tokenizer,
+        min_freq=config.data.min_freq,
+        vocab_size=config.data.bpe_vocab_size,
+    )
+    data = prepare_causal_lm_data(corpus, tokenizer, config.data.seq_len)
+    if config.data.train_fraction < 1.0:
+        keep = max(config.train.batch_size, round(config.data.train_fraction * data.train_inputs.shape[0]))
+        data = dataclasses.replace(
+            data, train_inputs=data.train_inputs[:keep], train_labels=data.train_labels[:keep]
+        )
+    model = causal_lm_model_for(config, tokenizer.vocab_size)
+    return model, CausalLmTask(data, config.train.batch_size, config.train.seed, config.train.eval_batches)
+
+
+def build_hf_llama_wikitext2(config: RunConfig, run_dir: Path) -> tuple[nn.Module, Task]:
+    """Hugging Face ``transformers.LlamaForCausalLM`` (grouped-query attention, eager, sizes from the run
+    config) as a next-token LM on WikiText-2: trains on ``valid.txt``, evaluates on ``test.txt``."""
+    return _build_causal_lm(config, run_dir, _wikitext_corpus(config))
+
+
+def build_hf_llama_pydoc(config: RunConfig, run_dir: Path) -> tuple[nn.Module, Task]:
+    """The Hugging Face Llama causal LM on the offline pydoc corpus (demo-sized runs, no files needed)."""
+    return _build_causal_lm(config, run_dir, pydoc_corpus())
+
+
 def _build_cnn(config: RunConfig, data: ClassificationData, architecture: str) -> tuple[nn.Module, Task]:
     m = config.model
     shape = {"in_channels": data.in_channels, "num_classes": data.num_classes, "dims": data.dims}
@@ -178,6 +229,8 @@ TASKS: dict[str, Callable[[RunConfig, Path], tuple[nn.Module, Task]]] = {
     "vgg-digits": build_vgg_digits,
     "hf-bert-wikitext2": build_hf_bert_wikitext2,
     "hf-bert-pydoc": build_hf_bert_pydoc,
+    "hf-llama-wikitext2": build_hf_llama_wikitext2,
+    "hf-llama-pydoc": build_hf_llama_pydoc,
 }
 
 # the groups a task prunes when the config names none (paper: heads for BERT, experts for Switch)
@@ -191,7 +244,12 @@ DEFAULT_KINDS: dict[str, tuple[str, ...]] = {
     "vgg-digits": ("filter",),
     "hf-bert-wikitext2": ("head",),
     "hf-bert-pydoc": ("head",),
+    "hf-llama-wikitext2": ("head",),
+    "hf-llama-pydoc": ("head",),
 }
+
+# tasks whose model reads [model] kv_heads (grouped-query attention); elsewhere the key is refused
+KV_HEADS_TASKS = ("hf-llama-wikitext2", "hf-llama-pydoc")
 
 _CNN_TRAIN = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "grad_clip": 0.0, "batch_size": 32}
 _LINEAR = {"schedule": "linear", "ratio": 0.5, "prune_every": "1e"}
@@ -215,6 +273,10 @@ TASK_DEFAULTS: dict[str, dict] = {
     },
     "switch-wikitext2": {"prune": {"ratio": 0.5}},
     "switch-pydoc": {"prune": {"ratio": 0.5}},
+    # Llama-style decoder at the BERT tasks' CPU size: 4 layers, hidden 128, 8 query heads of 16 dims sharing
+    # 2 key/value heads; SwiGLU width 344 (3 matrices of 128 x 344 ≈ BERT's 2 of 128 x 512); no dropout
+    "hf-llama-wikitext2": {"model": {"kv_heads": 2, "ffn": 344, "dropout": 0.0}},
+    "hf-llama-pydoc": {"model": {"kv_heads": 2, "ffn": 344, "dropout": 0.0}},
 }
 
 
@@ -223,5 +285,10 @@ def build_task(config: RunConfig, run_dir: Path) -> tuple[nn.Module, Task]:
     import torch
 
     check_choice("task", config.task, TASKS)
+    if config.model.kv_heads is not None and config.task not in KV_HEADS_TASKS:
+        raise PlpruneError(
+            f"[model] kv_heads (grouped-query attention) applies to the tasks {', '.join(KV_HEADS_TASKS)} "
+            f"only, not {config.task}; remove it"
+        )
     torch.manual_seed(config.train.seed)
     return TASKS[config.task](config, run_dir)
