@@ -24,6 +24,7 @@ from plprune import scorers, sparsity
 from plprune.errors import PlpruneError
 from plprune.export import export, load
 from plprune.gates import GroupSet
+from plprune.integrations.hf_save import save_pretrained
 from plprune.integrations.huggingface import HFPruningCallback
 from plprune.pruner import Pruner
 from plprune.pruners.base import Diagnostics, GroupScorer, PruneContext, PrunerPlugin
@@ -67,6 +68,7 @@ __all__ = [
     "register_attention",
     "register_method",
     "register_moe",
+    "save_pretrained",
     "scorers",
     "sparsity",
 ]

@@ -731,6 +731,45 @@ def _check_pruning(pruning: dict[str, Any]) -> tuple[tuple[str, ...], Tensor]:
     return kinds, torch.tensor(mask, dtype=torch.bool)
 
 
+def _mask_from_layer_counts(groups: GroupSet, pruning: dict[str, Any]) -> Tensor:
+    """A mask that shrinks each site of ``groups`` to its recorded count after compaction: a site that has
+    the recorded count before compaction keeps the recorded heads (``kept``), one that already has the count
+    after compaction (its config says so) keeps all. The weights are loaded afterwards, so which groups are
+    kept only has to give the right shapes. Raises when the sites are not the recorded ones."""
+    layers = pruning.get("layers")
+    sites = groups.site_ranges()
+    recorded = [(layer.get("kind"), layer.get("module")) for layer in layers or ()]
+    found = [(site.kind, site.module_name) for site, _, _ in sites]
+    if recorded != found:
+        names = list(pruning["groups"])
+        diff = next(
+            (i for i, (a, b) in enumerate(zip(groups.names, names, strict=False)) if a != b),
+            min(len(groups.names), len(names)),
+        )
+        raise PlpruneError(
+            f"the rebuilt model has {len(groups)} groups, {MANIFEST} records {len(names)}; they first differ "
+            f"at position {diff} (is this the export's architecture?)"
+        )
+    mask = torch.ones(len(groups), dtype=torch.bool)
+    for (site, start, stop), layer in zip(sites, layers, strict=True):
+        count = stop - start
+        if count == layer.get("before"):
+            keep = torch.zeros(count, dtype=torch.bool)
+            keep[list(layer.get("kept") or [])] = True
+            if int(keep.sum()) != layer.get("after"):
+                raise PlpruneError(
+                    f"{MANIFEST}: {site.module_name} records {layer.get('after')} kept groups but lists "
+                    f"{int(keep.sum())}"
+                )
+            mask[start:stop] = keep
+        elif count != layer.get("after"):
+            raise PlpruneError(
+                f"{site.module_name or 'the model'}: the rebuilt model has {count} {site.kind}s, {MANIFEST} "
+                f"records {layer.get('before')} before and {layer.get('after')} after compaction"
+            )
+    return mask
+
+
 def _check_state(model: nn.Module, tensors: dict[str, Tensor], ties: dict[str, str]) -> None:
     """Every tensor of the rebuilt model is in the file with the same shape, and nothing else is."""
     expected = model.state_dict()
@@ -790,15 +829,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         example = _inputs_from_spec(spec) if spec and "filter" in kinds else None
         groups = GroupSet(built, kinds, example_inputs=example)
         if groups.names != list(pruning["groups"]):
-            diff = next(
-                (i for i, (a, b) in enumerate(zip(groups.names, pruning["groups"], strict=False)) if a != b),
-                min(len(groups.names), len(pruning["groups"])),
-            )
-            raise PlpruneError(
-                f"the rebuilt model has {len(groups)} groups, {MANIFEST} records "
-                f"{len(pruning['groups'])}; they first differ at position {diff} (is this the export's "
-                "architecture?)"
-            )
+            # the recorded config already says some compacted counts (a Hugging Face config rewritten by
+            # compaction): shrink each layer to its recorded count instead
+            mask = _mask_from_layer_counts(groups, pruning)
         if bool(mask.all()):
             groups.remove_hooks()
         else:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from plprune.compaction.hf_config import ConfigSync, sync_hf_configs
 from plprune.compaction.ops import Op
 from plprune.errors import PlpruneError
 from plprune.gates import GroupSet
@@ -71,7 +72,9 @@ def _planner_for(site: GateSite) -> Planner:
 @dataclass
 class CompactionReport:
     """What a compaction removed. ``groups_before``/``groups_after`` count groups per kind; ``index_maps``
-    maps each new parameter name to ``(old parameter name, flat element indices into it)``."""
+    maps each new parameter name to ``(old parameter name, flat element indices into it)``. ``config_syncs``:
+    for each Hugging Face model in the compacted model (``""``: the model itself), how its ``config`` was
+    rewritten to the new counts, or why it cannot be (:mod:`plprune.compaction.hf_config`)."""
 
     parameters_before: int
     parameters_after: int
@@ -79,6 +82,7 @@ class CompactionReport:
     groups_after: dict[str, int]
     ops: list[Op] = field(default_factory=list)
     index_maps: dict[str, tuple[str, Tensor]] = field(default_factory=dict)
+    config_syncs: dict[str, ConfigSync] = field(default_factory=dict)
 
     @property
     def parameter_ratio(self) -> float:
@@ -199,7 +203,9 @@ def compact(
     ``inplace=True`` the model itself shrinks (its gate hooks are removed: ``groups`` is spent), and
     ``optimizer`` (if given) is updated in place to the new parameters with its state carried over.
     ``example_inputs`` (default: the GroupSet's own) are needed to compact conv filters. With nothing pruned,
-    an equal copy (or the untouched model) comes back, with a warning saying so.
+    an equal copy (or the untouched model) comes back, with a warning saying so. A Hugging Face model's
+    ``config`` is rewritten to the compacted counts where it can describe them, else it gets a
+    ``plprune_note`` saying why (``report.config_syncs``; :mod:`plprune.compaction.hf_config`).
     """
     if not isinstance(groups, GroupSet):
         raise PlpruneError(f"compact takes a GroupSet (or use Pruner.compact()), got {type(groups).__name__}")
@@ -238,4 +244,6 @@ def compact(
     report = CompactionReport(
         before, sum(p.numel() for p in target.parameters()), counts, after_counts, ops, maps
     )
+    # a Hugging Face model's config follows the new counts, so its own save_pretrained/from_pretrained work
+    report.config_syncs = sync_hf_configs(target) if ops else {}
     return target, report
