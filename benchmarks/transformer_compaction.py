@@ -53,6 +53,8 @@ def build(name: str) -> nn.Module:
             num_attention_heads=8,
             intermediate_size=1024,
             max_position_embeddings=SEQ,
+            hidden_dropout_prob=0.0,  # no dropout: masked and compacted training see the same function
+            attention_probs_dropout_prob=0.0,
             attn_implementation="eager",
         )
         return transformers.BertForMaskedLM(config).eval()
@@ -143,22 +145,12 @@ def inference(name: str, ratio: float, repeats: int, progress: Callable[[str], N
 
 
 def training(name: str, ratio: float, steps: int, progress: Callable[[str], None]) -> dict[str, Any]:
-    """Masked vs compacted training steps, interleaved, from the same state (the compacted copy is made by
-    compacting a deep copy of the masked model and its optimizer together)."""
-    masked = build(name).train()
+    """Masked vs compacted training steps, interleaved, from the same state: the same seeded model pruned
+    with the same seed twice (identical masks, checked), one copy then compacted."""
+    masked, compacted = build(name).train(), build(name).train()
     optimizer = torch.optim.AdamW(masked.parameters(), lr=1e-4)
-    pruner = prune(masked, ratio, optimizer)
-    compacted, compacted_optimizer = copy.deepcopy((masked, optimizer))
-    twin = plprune.Pruner(
-        compacted,
-        plprune.scorers.Random(),
-        plprune.OneShot(0, ratio),
-        kinds=("head", "neuron"),
-        allocation="per_layer",
-        seed=0,
-    )
-    twin.attach(compacted_optimizer)
-    twin.step(0)  # same seed, same model: the same mask
+    compacted_optimizer = torch.optim.AdamW(compacted.parameters(), lr=1e-4)
+    pruner, twin = prune(masked, ratio, optimizer), prune(compacted, ratio, compacted_optimizer)
     assert torch.equal(twin.mask, pruner.mask)
     twin.compact()
     times: dict[str, list[float]] = {"masked": [], "compacted": []}
