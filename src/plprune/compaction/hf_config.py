@@ -328,7 +328,8 @@ def sync_hf_config(model: nn.Module) -> ConfigSync:
             candidate = _rebuilt_config(config, updates)
             built = _meta_model(model, candidate)
         except Exception as error:
-            first = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+            text = str(error).strip()
+            first = text.splitlines()[-1].strip() if text else type(error).__name__
             reasons.append(f"{type(config).__name__} refuses {updates} ({first})")
         else:
             left = _differing(physical, read_counts(built))
