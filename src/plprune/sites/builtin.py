@@ -16,9 +16,10 @@ every family that shares a layout is found by the same rule. Attention layouts:
   multi-query, else per head).
 
 Head counts are read from the projections' widths and the module's head size, so they stay true after
-compaction; new counts are written back into the attributes each module's ``forward`` reads. MoE: Hugging Face SwitchTransformers (one module per expert, ``router.classifier``) and the
-Mixtral family (fused ``gate_up_proj``/``down_proj`` experts, a top-k router returning
-``(logits, scores, indices)``; :class:`~plprune.sites.experts.FusedMoEAdapter`).
+compaction; new counts are written back into the attributes each module's ``forward`` reads. MoE: Hugging
+Face SwitchTransformers (one module per expert, ``router.classifier``) and the Mixtral family (fused
+``gate_up_proj``/``down_proj`` experts, a top-k router returning ``(logits, scores, indices)``;
+:class:`~plprune.sites.experts.FusedMoEAdapter`).
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ def set_head_counts(module: nn.Module, heads: int, kv_heads: int) -> None:
 
 def _set_phi3_counts(module: nn.Module, heads: int, kv_heads: int) -> None:
     """Phi-3's forward reads the query width from ``config.num_attention_heads``: the module gets its own
-    copy of the config with its counts (the model's config is updated by ``plprune.save_pretrained``)."""
+    copy of the config with its counts (the model's own config is rewritten by ``compact()``, uniform counts
+    only: :mod:`plprune.compaction.hf_config`)."""
     set_head_counts(module, heads, kv_heads)
     config = copy.copy(module.config)
     config.num_attention_heads, config.num_key_value_heads = heads, kv_heads
