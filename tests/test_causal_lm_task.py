@@ -211,6 +211,22 @@ def test_cli_random_pruning_of_query_heads(capsys, tiny_wikitext_dir: Path, tmp_
             assert float(state[f"{prefix}.o_proj.weight"][:, rows].abs().sum()) == 0.0
 
 
+def test_cli_random_pruning_of_heads_and_neurons(capsys, tiny_wikitext_dir: Path, tmp_path: Path) -> None:
+    from plprune.gates import GroupSet
+
+    try:
+        GroupSet(tiny_model(30), ("head", "neuron"))
+    except PlpruneError as error:  # the neuron kind has a name before it has a finder
+        pytest.skip(f"heads and MLP neurons of this model are not both prunable yet: {error}")
+    summary = _train(
+        capsys, tmp_path / "both", tiny_wikitext_dir, "--method", "random", "--kinds", "head,neuron",
+        "--kind-ratios", "head=0.5,neuron=0.25", "--prune-at", "4", "--no-diagnostics",
+    )  # fmt: skip
+    final = summary["final"]
+    assert 0 < final["pruned_head_ratio"] <= 0.5 and 0 < final["pruned_neuron_ratio"] <= 0.25
+    assert math.isfinite(final["test_ppl"])
+
+
 def test_kv_heads_is_refused_on_other_tasks(tiny_wikitext_dir: Path, tmp_path: Path) -> None:
     config = RunConfig.from_dict(
         {"task": "bert-wikitext2", "data": {"data_dir": str(tiny_wikitext_dir)}, "model": {"kv_heads": 2}}

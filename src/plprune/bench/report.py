@@ -348,6 +348,7 @@ def _data_note(config: dict[str, Any]) -> str:
 _MODEL_FIELDS = {
     "bert": ("layers", "hidden", "heads", "ffn", "dropout", "pre_layer_norm"),
     "hf-bert": ("layers", "hidden", "heads", "ffn", "dropout"),
+    "hf-llama": ("layers", "hidden", "heads", "kv_heads", "ffn", "dropout"),
     "switch": ("layers", "hidden", "heads", "ffn", "dropout", "experts", "expert_ffn", "capacity_factor"),
     "vgg": ("width_multiplier",),
     "resnet": ("width_multiplier", "depth"),
@@ -356,7 +357,9 @@ _MODEL_FIELDS = {
 
 def _model_note(config: dict[str, Any]) -> str:
     family = config["task"].rsplit("-", 1)[0]  # e.g. "hf-bert" of "hf-bert-pydoc"
-    family = "Hugging Face BertForMaskedLM" if family == "hf-bert" else family
+    family = {"hf-bert": "Hugging Face BertForMaskedLM", "hf-llama": "Hugging Face LlamaForCausalLM"}.get(
+        family, family
+    )
     fields = _MODEL_FIELDS.get(config["task"].rsplit("-", 1)[0], tuple(config["model"]))
     return f"{family}, " + ", ".join(f"{k} {config['model'][k]}" for k in fields if k in config["model"])
 

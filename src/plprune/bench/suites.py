@@ -129,6 +129,10 @@ _QUICK_MLM = {
     "prune": {"ratio": 0.5, "schedule": "one-shot", "prune_at": "60", "pl": _PL_SMALL},
 }
 
+# the Llama-style causal LM (hf-llama-*: grouped-query attention, 2 key/value heads by the task's defaults)
+# at the BERT plan's sizes; its SwiGLU MLP has three matrices, so two thirds of BERT's FFN width
+_QUICK_LLAMA = deep_merge(_QUICK_MLM, {"model": {"ffn": 172}})
+
 SUITES: dict[str, Suite] = {
     "quick": Suite(
         "quick",
@@ -138,6 +142,8 @@ SUITES: dict[str, Suite] = {
             TaskPlan("bert-pydoc", _QUICK_MLM, TRANSFORMER_METHODS, times={"every": "40"}),
             # the same BERT as a Hugging Face BertForMaskedLM: the library on a model it did not write
             TaskPlan("hf-bert-pydoc", _QUICK_MLM, ("dense", "pl", "random"), times={"every": "40"}),
+            # a decoder: next-token LM with grouped-query attention (query heads pruned within KV groups)
+            TaskPlan("hf-llama-pydoc", _QUICK_LLAMA, ("dense", "pl", "random"), times={"every": "40"}),
             TaskPlan(
                 "switch-pydoc",
                 deep_merge(_QUICK_MLM, {"model": {"experts": 4, "expert_ffn": 128}}),
@@ -172,6 +178,12 @@ SUITES: dict[str, Suite] = {
             TaskPlan(
                 "hf-bert-wikitext2",
                 _mlm_base(1200, 100, 240, 0.75),
+                ("dense", "pl", "random"),
+                times={"every": "1e"},
+            ),
+            TaskPlan(
+                "hf-llama-wikitext2",
+                _mlm_base(1200, 100, 240, 0.75, ffn=344),
                 ("dense", "pl", "random"),
                 times={"every": "1e"},
             ),
