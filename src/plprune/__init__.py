@@ -32,10 +32,13 @@ from plprune.pruners.registration import register_method
 from plprune.schedules import AtInit, Iterative, Linear, OneShot, Schedule
 from plprune.sites import (
     AttentionAdapter,
+    FFNAdapter,
     FusedMoEAdapter,
     MoEAdapter,
+    NeuronSite,
     find_sites,
     register_attention,
+    register_ffn,
     register_moe,
 )
 from plprune.task import FunctionTask, Task
@@ -45,6 +48,7 @@ __all__ = [
     "AtInit",
     "AttentionAdapter",
     "Diagnostics",
+    "FFNAdapter",
     "FunctionTask",
     "FusedMoEAdapter",
     "GroupScorer",
@@ -53,6 +57,7 @@ __all__ = [
     "Iterative",
     "Linear",
     "MoEAdapter",
+    "NeuronSite",
     "OneShot",
     "PlpruneError",
     "PruneContext",
@@ -66,6 +71,7 @@ __all__ = [
     "find_sites",
     "load",
     "register_attention",
+    "register_ffn",
     "register_method",
     "register_moe",
     "save_pretrained",

@@ -32,13 +32,16 @@ __all__ = [
     "AttentionAdapter",
     "ConvMember",
     "ExpertSite",
+    "FFNAdapter",
     "FilterSite",
     "FusedExpertSite",
     "FusedMoEAdapter",
     "HeadSite",
     "MoEAdapter",
+    "NeuronSite",
     "find_sites",
     "register_attention",
+    "register_ffn",
     "register_kind_finder",
     "register_moe",
 ]
@@ -143,3 +146,7 @@ def _any_sites(model: nn.Module, example_inputs: Any) -> list[GateSite]:
 def _in_module_order(model: nn.Module, sites: list[GateSite]) -> list[GateSite]:
     order = {id(m): i for i, (_, m) in enumerate(model.named_modules())}
     return sorted(sites, key=lambda s: order[id(s.module)])
+
+
+# last: the neuron module registers its finder with register_kind_finder, defined above
+from plprune.sites.neurons import FFNAdapter, NeuronSite, register_ffn  # noqa: E402

@@ -1,0 +1,52 @@
+"""Compacting feed-forward neurons: channel c's rows of the input projections and column of the output go.
+
+For the kept channels K (in order): the input projections keep their outputs K (weight rows of an
+``nn.Linear``, weight *columns* of a Hugging Face ``Conv1D``, and the bias entries; both halves ``K`` and
+``I + K`` of a fused ``[gate; up]`` projection, in that order, so ``chunk(2)`` still splits gate from up),
+the output projection keeps its inputs K (weight columns of a Linear, rows of a Conv1D). The width follows:
+``out_features``/``in_features`` of a Linear, ``nf``/``nx`` of a Conv1D, and the FFN module's own count
+(the adapter's ``set_size``, else an attribute of :data:`~plprune.sites.neurons.SIZE_ATTRIBUTES` equal to the
+old width, e.g. ``LlamaMLP.intermediate_size``). The output projection's bias and everything outside the FFN
+stay. A removed channel contributed exactly nothing in the masked model (gated by 0, weights 0), so the
+compacted block computes the same output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from plprune.compaction.core import register_planner
+from plprune.compaction.ops import CallOnModule, KeepSlices, Op, SetAttribute
+from plprune.sites.neurons import SIZE_ATTRIBUTES, NeuronSite, input_dim, is_conv1d, output_dim
+
+
+def _path(site: NeuronSite, path: str) -> str:
+    return f"{site.module_name}.{path}" if site.module_name else path
+
+
+@register_planner(NeuronSite)
+def plan_neurons(site: NeuronSite, keep: Tensor, model: nn.Module, example_inputs: Any = None) -> list[Op]:
+    channels = keep.nonzero().flatten().tolist()
+    width = len(channels)
+    rows = tuple(site.input_rows(channels))
+    ops: list[Op] = []
+    for path, proj in zip(site.adapter.inputs, site.inputs, strict=True):
+        ops.append(KeepSlices(_path(site, f"{path}.weight"), output_dim(proj), rows))
+        if proj.bias is not None:
+            ops.append(KeepSlices(_path(site, f"{path}.bias"), 0, rows))
+        ops.append(SetAttribute(_path(site, path), "nf" if is_conv1d(proj) else "out_features", len(rows)))
+    output = site.output
+    ops.append(KeepSlices(_path(site, f"{site.adapter.output}.weight"), input_dim(output), tuple(channels)))
+    ops.append(
+        SetAttribute(_path(site, site.adapter.output), "nx" if is_conv1d(output) else "in_features", width)
+    )
+    if site.adapter.set_size is not None:
+        ops.append(CallOnModule(site.module_name, site.adapter.set_size, width))
+    else:
+        for attr in SIZE_ATTRIBUTES:
+            value = getattr(site.module, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value == site.num_groups:
+                ops.append(SetAttribute(site.module_name, attr, width))
+    return ops
