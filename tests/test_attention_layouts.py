@@ -241,3 +241,26 @@ def test_a_user_adapter_for_grouped_query_attention() -> None:
         torch.testing.assert_close(small(x), masked, rtol=0, atol=1e-10)
     finally:
         plprune.sites.heads.unregister_attention("test-my-gqa")
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
+def test_global_allocation_on_gqa_meets_the_ratio_with_whole_slots(ratio: float) -> None:
+    """8 query / 2 KV heads, 2 layers: any even number of heads can be kept, so the ratio is met exactly;
+    the kept slots are the best by mean score (checked against brute force over every split)."""
+    groups = GroupSet(FAMILIES["llama-gqa"].build(), kinds=("head",))
+    for seed in range(4):
+        scores = torch.randn(len(groups), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        mask = select_mask(groups, scores, ratio, "global")
+        assert int(mask.sum()) == round(16 * (1 - ratio))
+        best, target = -float("inf"), int(mask.sum()) // 2  # slots to keep over both layers
+        for first in range(1, 5):  # slots in layer 0 (each layer keeps ≥ 1 slot)
+            second = target - first
+            if not 1 <= second <= 4:
+                continue
+            total = 0.0
+            for layer, slots in ((0, first), (1, second)):
+                for kv in range(2):
+                    inside = scores[layer * 8 + kv * 4 : layer * 8 + kv * 4 + 4]
+                    total += float(inside.sort(descending=True).values[:slots].sum())
+            best = max(best, total)
+        assert float(scores[mask].sum()) == pytest.approx(best)

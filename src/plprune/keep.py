@@ -161,6 +161,9 @@ def kind_mask(
     check_choice("allocation", allocation, ("global", "per_layer"))
     p = scores.shape[0]
     alive = torch.ones(p, dtype=torch.bool) if alive is None else alive.to(torch.bool)
+    bucketed = even_ids is not None and bool((even_ids >= 0).any())
+    if allocation == "global" and bucketed:
+        return even_global_top_k(scores, p - prune_count(p, ratio), layer_ids, alive, even_ids)
     if allocation == "global":
         mask = protected_top_k(scores, p - prune_count(p, ratio), layer_ids, alive=alive)
     else:
@@ -170,8 +173,58 @@ def kind_mask(
             keep = max(1, len(members) - prune_count(len(members), ratio))
             keep = min(keep, int(alive[members].sum()))
             mask[members] = protected_top_k(scores[members], keep, layer_ids[members], alive=alive[members])
-    if even_ids is not None and bool((even_ids >= 0).any()):
+    if bucketed:
         mask = even_within_buckets(mask, scores, layer_ids, alive, even_ids)
+    return mask
+
+
+def even_global_top_k(
+    scores: Tensor, keep: int, layer_ids: Tensor, alive: Tensor, even_ids: Tensor
+) -> Tensor:
+    """The global TopK (:func:`protected_top_k`) when some layers' groups fall into buckets that must keep
+    equal counts (grouped-query attention: query heads per KV head).
+
+    In such a layer of ``B`` buckets the unit is a *slot*: slot r holds the r-th best alive group of every
+    bucket (``B`` groups) and scores their mean, which does not grow with r; a free group is a unit of one.
+    Each layer's best unit is kept (protection), then units in descending score (ties: lower slot, then lower
+    index) while they fit into ``keep`` groups. The kept count is ``keep`` whenever the slot sizes allow it
+    (e.g. any even ``keep`` with 2 KV heads per layer), else the largest count below it.
+    """
+    units: list[tuple[float, int, int, list[int]]] = []  # (score, layer, order, members)
+    for layer in torch.unique(layer_ids).tolist():
+        members = (layer_ids == layer).nonzero().flatten()
+        free = members[(even_ids[members] < 0) & alive[members]]
+        units += [(float(scores[i]), layer, int(i), [int(i)]) for i in free]
+        tied = members[even_ids[members] >= 0]
+        if not len(tied):
+            continue
+        buckets = []
+        for bucket in torch.unique(even_ids[tied]):
+            inside = tied[(even_ids[tied] == bucket) & alive[tied]]
+            order = torch.sort(scores[inside].detach().double(), descending=True, stable=True).indices
+            buckets.append(inside[order].tolist())
+        for r in range(min(len(b) for b in buckets)):
+            slot = [b[r] for b in buckets]
+            units.append((float(scores[slot].double().mean()), layer, r * len(scores) + min(slot), slot))
+    units.sort(key=lambda u: (-u[0], u[2]))
+    mask = torch.zeros(len(scores), dtype=torch.bool)
+    protected = {}
+    for unit in units:
+        protected.setdefault(unit[1], unit)
+    used = sum(len(u[3]) for u in protected.values())
+    if used > keep:
+        raise PlpruneError(
+            f"keeping {keep} groups would remove a protected group: each of the {len(protected)} layers "
+            f"keeps at least one (grouped-query attention: one query head per KV head), {used} in all"
+        )
+    for unit in protected.values():
+        mask[unit[3]] = True
+    for unit in units:
+        if protected[unit[1]] is unit:
+            continue
+        if used + len(unit[3]) <= keep:
+            mask[unit[3]] = True
+            used += len(unit[3])
     return mask
 
 
