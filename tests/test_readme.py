@@ -34,6 +34,19 @@ def test_own_loop_example_prunes_three_quarters_of_the_heads_and_keeps_them_zero
     assert "tensor(" in capsys.readouterr().out
 
 
+def test_gqa_example_prunes_heads_and_neurons_and_reloads_without_plprune(capsys) -> None:
+    pytest.importorskip("transformers")
+    namespace: dict = {}
+    exec(compile(readme_block("gqa-example"), "README.md", "exec"), namespace)
+    model = namespace["model"]
+    assert model.config.num_attention_heads == 4 and model.config.num_key_value_heads == 2
+    assert model.config.intermediate_size == 64
+    for layer in model.model.layers:
+        assert layer.self_attn.q_proj.out_features == 4 * 8 and layer.self_attn.k_proj.out_features == 2 * 8
+        assert layer.mlp.up_proj.out_features == 64
+    assert capsys.readouterr().out.strip() == "True"
+
+
 def test_own_cnn_example_prunes_coupled_residual_channels_together_and_keeps_them_zero(capsys) -> None:
     namespace: dict = {}
     exec(compile(readme_block("own-cnn-example"), "README.md", "exec"), namespace)
