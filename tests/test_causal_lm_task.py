@@ -225,6 +225,17 @@ def test_cli_random_pruning_of_heads_and_neurons(capsys, tiny_wikitext_dir: Path
     final = summary["final"]
     assert 0 < final["pruned_head_ratio"] <= 0.5 and 0 < final["pruned_neuron_ratio"] <= 0.25
     assert math.isfinite(final["test_ppl"])
+    # plprune export of the run: the compacted model reloads with plprune.load and computes the masked one
+    import plprune
+    from plprune.export import model_from_run
+
+    assert main(["export", str(tmp_path / "both"), "--out", str(tmp_path / "export")]) == 0
+    loaded = plprune.load(tmp_path / "export")
+    masked, _, _, _ = model_from_run(tmp_path / "both")
+    ids = torch.randint(0, 30, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (loaded(ids).logits - masked(ids).logits).abs().max() <= 1e-5
+    assert sum(p.numel() for p in loaded.parameters()) < sum(p.numel() for p in masked.parameters())
 
 
 def test_kv_heads_is_refused_on_other_tasks(tiny_wikitext_dir: Path, tmp_path: Path) -> None:

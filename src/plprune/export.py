@@ -124,6 +124,7 @@ def describe_architecture(model: nn.Module) -> dict[str, Any]:
     is ``{"family": "custom", "class": ...}`` and needs a dense skeleton at load time."""
     from plprune.models import VGG, BertForMaskedLM, ResNet, SwitchForMaskedLM
     from plprune.models.hf_bert import HfBertForMaskedLM
+    from plprune.models.hf_llama import HfLlamaForCausalLM
 
     kind = type(model)
     if kind is SwitchForMaskedLM:
@@ -138,6 +139,12 @@ def describe_architecture(model: nn.Module) -> dict[str, Any]:
         return {
             "family": "plprune.HfBertForMaskedLM",
             "bert_config": model.config.to_dict() if model.config is not None else None,
+            "hf": _hf_description(model.hf),
+        }
+    if kind is HfLlamaForCausalLM:
+        return {
+            "family": "plprune.HfLlamaForCausalLM",
+            "llama_config": model.config.to_dict() if model.config is not None else None,
             "hf": _hf_description(model.hf),
         }
     if kind is VGG:
@@ -185,6 +192,13 @@ def build_architecture(description: dict[str, Any]) -> nn.Module:
             if description.get("bert_config") is not None:
                 wrapper.config = BertConfig(**description["bert_config"])
             return wrapper
+        if family == "plprune.HfLlamaForCausalLM":
+            from plprune.models.hf_llama import CausalLmConfig, HfLlamaForCausalLM
+
+            llama = HfLlamaForCausalLM(hf_model=_build_hf(description["hf"]))
+            if description.get("llama_config") is not None:
+                llama.config = CausalLmConfig(**description["llama_config"])
+            return llama
         if family == "plprune.VGG":
             args = dict(description["args"])
             if "cfg" in args:
@@ -226,8 +240,9 @@ def _default_inputs(architecture: dict[str, Any]) -> tuple[Tensor, ...] | None:
     if family in ("plprune.BertForMaskedLM", "plprune.SwitchForMaskedLM"):
         config = architecture["bert_config"]
         return _vocab_input(config["vocab_size"], config["max_length"])
-    hf = architecture.get("hf") if family == "plprune.HfBertForMaskedLM" else architecture
-    if family in ("plprune.HfBertForMaskedLM", "transformers"):
+    wrapped = family in ("plprune.HfBertForMaskedLM", "plprune.HfLlamaForCausalLM")
+    hf = architecture.get("hf") if wrapped else architecture
+    if wrapped or family == "transformers":
         config = hf["config"]
         if isinstance(config.get("vocab_size"), int):
             return _vocab_input(config["vocab_size"], config.get("max_position_embeddings") or 8)
@@ -861,7 +876,7 @@ def model_from_run(run_dir: str | os.PathLike) -> tuple[nn.Module, GroupSet | No
     weights."""
     from plprune.run_config import RunConfig
     from plprune.runner import CONFIG_NAME, SUMMARY_NAME
-    from plprune.tasks.registry import DEFAULT_KINDS, build_task, mlm_model_for
+    from plprune.tasks.registry import DEFAULT_KINDS, build_task, causal_lm_model_for, mlm_model_for
     from plprune.train.checkpoint import load_latest_checkpoint
     from plprune.train.loop import CHECKPOINT_NAME
     from plprune.train.metrics import read_jsonl
@@ -888,6 +903,9 @@ def model_from_run(run_dir: str | os.PathLike) -> tuple[nn.Module, GroupSet | No
     elif config.task.startswith("hf-bert-"):
         vocab = _vocab_size(state, "hf.bert.embeddings.word_embeddings.weight")
         model = mlm_model_for(config, vocab, hf=True)
+    elif config.task.startswith("hf-llama-"):
+        vocab = _vocab_size(state, "hf.model.embed_tokens.weight")
+        model = causal_lm_model_for(config, vocab)
     elif config.task in DEFAULT_KINDS:
         vocab = _vocab_size(state, "token_embedding.weight")
         model = mlm_model_for(config, vocab, switch=config.task.startswith("switch-"))
