@@ -496,6 +496,29 @@ def test_switch_experts_are_one_neuron_layer_each_and_keep_a_neuron() -> None:
         groups.apply_mask(mask)
 
 
+def test_neurons_of_switch_experts_compact_with_expert_pruning_or_refuse_clearly() -> None:
+    def masked(pruned_experts: list[int], neurons_of: int) -> tuple[nn.Module, plprune.GroupSet]:
+        torch.manual_seed(0)
+        model = SwitchForMaskedLM(bert_config(num_layers=1), SwitchConfig(num_experts=4, capacity_factor=4.0))
+        groups = plprune.GroupSet(model.eval(), kinds=("expert", "neuron"))
+        mask = torch.ones(len(groups), dtype=torch.bool)
+        mask[groups.kind_index("expert")[pruned_experts]] = False
+        mask[groups.kind_index("neuron")[neurons_of * FFN + 1 : neurons_of * FFN + 9]] = False
+        groups.apply_mask(mask)
+        return model, groups
+
+    for experts, neurons_of in (([3], 0), ([1], 1)):  # behind the removed expert, or the removed one itself
+        model, groups = masked(experts, neurons_of)
+        compacted, _ = compact(groups)
+        with torch.no_grad():
+            torch.testing.assert_close(compacted(ids()).logits, model(ids()).logits, rtol=0, atol=1e-5)
+        widths = [e.intermediate.out_features for e in compacted.layers[0].feed_forward.experts]
+        assert widths == ([FFN - 8, FFN, FFN] if neurons_of == 0 else [FFN] * 3)
+    _, groups = masked([1], 2)  # expert 2 would be renumbered to 1 before its neuron edits
+    with pytest.raises(PlpruneError, match=r"expert 2 of layers\.0\.feed_forward, which loses experts \[1\]"):
+        compact(groups)
+
+
 # -- the optimizer follows compaction --------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["plprune-bert", "hf-gpt2", "hf-phi3"])
 def test_a_step_after_compaction_equals_the_masked_step_on_kept_entries(name: str) -> None:

@@ -19,7 +19,41 @@ from torch import Tensor, nn
 
 from plprune.compaction.core import register_planner
 from plprune.compaction.ops import CallOnModule, KeepSlices, Op, SetAttribute
+from plprune.errors import PlpruneError
+from plprune.groups import GateSite
 from plprune.sites.neurons import SIZE_ATTRIBUTES, NeuronSite, input_dim, is_conv1d, output_dim
+
+
+def _expert_fate(site: NeuronSite) -> str:
+    """``"removed"`` when the block is an expert that this mask prunes (the expert planner removes it whole:
+    nothing to do here), ``"kept"`` otherwise; raises when it is expert i of a layer losing an expert j < i
+    (the expert planner runs first, in module order, and renumbers the experts, so edits by name would hit
+    another expert). The expert site is found through its per-expert output hook on the block, a closure
+    over the site and the expert's index (:class:`~plprune.sites.experts.ExpertSite`)."""
+    for hook in site.module._forward_hooks.values():
+        code, cells = getattr(hook, "__code__", None), getattr(hook, "__closure__", None) or ()
+        if code is None:
+            continue
+        captured = {}
+        for name, cell in zip(code.co_freevars, cells, strict=False):
+            try:
+                captured[name] = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+        owner, index = captured.get("self"), captured.get("index")
+        if not (isinstance(owner, GateSite) and owner.kind == "expert" and isinstance(index, int)):
+            continue
+        if owner.keep is None or bool(owner.keep[: index + 1].all()):
+            continue
+        if not bool(owner.keep[index]):
+            return "removed"
+        raise PlpruneError(
+            f"cannot compact the neurons of {site.module_name}: it is expert {index} of "
+            f"{owner.module_name}, which loses experts {(~owner.keep[:index]).nonzero().flatten().tolist()} "
+            "in the same mask, and removing those renumbers the experts; compacting neurons of an expert "
+            "behind a removed one is not supported yet (the masked model computes the same function)"
+        )
+    return "kept"
 
 
 def _path(site: NeuronSite, path: str) -> str:
@@ -28,6 +62,8 @@ def _path(site: NeuronSite, path: str) -> str:
 
 @register_planner(NeuronSite)
 def plan_neurons(site: NeuronSite, keep: Tensor, model: nn.Module, example_inputs: Any = None) -> list[Op]:
+    if _expert_fate(site) == "removed":
+        return []
     channels = keep.nonzero().flatten().tolist()
     width = len(channels)
     rows = tuple(site.input_rows(channels))

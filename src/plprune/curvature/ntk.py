@@ -271,9 +271,11 @@ def batched_group_kernels(
     """``K_i = J_i J_iᵀ`` (float64, ``(p, n, n)``) of every group from per-sample gradients ``grads``
     (``{name: (n, *param.shape)}``, as :func:`per_sample_gradients` returns them).
 
-    Slices are bucketed by (parameter, dim, width); each bucket's slices are gathered with one
-    ``index_select`` into an ``(n, m, width·rest)`` block (at most ``block_elements`` elements at a time),
-    its m kernels come from one batched product, and are added into their groups' kernels with
+    Slices are bucketed by (parameter, dim, width). A bucket's m slices are m·width rows x_r (each
+    ``(n, rest)``) of the gradient with the sliced dim moved first: a view when they are a run of that dim in
+    order (heads, neurons), else gathered; cast to float64 in one copy, at most ``block_elements`` elements
+    at a time. Slice s's kernel ``S_s S_sᵀ = Σ_{r ∈ s} x_r x_rᵀ`` comes from one batched product over all
+    rows and a sum over each slice's ``width`` rows, and is added into its group's kernel with
     ``index_put_(accumulate=True)`` (a group with several slices in a bucket, e.g. both halves of a fused
     gate/up projection, gets each; ``index_add_`` over dim 0 is ~1000x slower here on CPU). Equal to the
     per-group ``J_i J_iᵀ`` up to the order of the float64 sums.
@@ -293,18 +295,23 @@ def batched_group_kernels(
             starts.append(s.start)
     kernels = torch.zeros((len(groups), n, n), dtype=torch.float64, device=device)
     for (name, dim, width), (owners, starts) in buckets.items():
-        moved = grads[name].movedim(dim + 1, 1)  # (n, D, *rest): the sliced dim next to the samples
-        moved = moved.reshape(n, moved.shape[1], -1)
-        per_slice = n * width * moved.shape[2]
-        step = max(1, block_elements // max(per_slice, 1))
+        rows = grads[name].movedim(dim + 1, 0)  # (D, n, *rest): one row per index of the sliced dim
+        rows = rows.reshape(rows.shape[0], n, -1)
+        step = max(1, block_elements // (n * width * max(rows.shape[2], n)))  # rows and their kernels
         owner_index = torch.tensor(owners, dtype=torch.long, device=device)
         start_index = torch.tensor(starts, dtype=torch.long, device=device)
         offsets = torch.arange(width, device=device)
         for a in range(0, len(owners), step):
-            index = (start_index[a : a + step, None] + offsets).reshape(-1)
-            block = moved.index_select(1, index).to(torch.float64)
-            block = block.reshape(n, -1, width * moved.shape[2]).transpose(0, 1)  # (m, n, width·rest)
-            kernels.index_put_((owner_index[a : a + step],), block @ block.transpose(1, 2), accumulate=True)
+            index = (start_index[a : a + step, None] + offsets).reshape(-1)  # the m slices' rows, in order
+            first = int(index[0])
+            if bool((index == torch.arange(first, first + len(index), device=device)).all()):
+                block = rows.narrow(0, first, len(index))  # slices tiling the dim in order: a view
+            else:
+                block = rows.index_select(0, index)
+            block = block.to(torch.float64, memory_format=torch.contiguous_format)  # (m·width, n, rest)
+            per_row = torch.bmm(block, block.transpose(1, 2))  # x_r x_rᵀ of every row r
+            per_slice = per_row.view(-1, width, n, n).sum(dim=1) if width > 1 else per_row
+            kernels.index_put_((owner_index[a : a + step],), per_slice, accumulate=True)
     return kernels
 
 
