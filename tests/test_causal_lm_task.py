@@ -179,21 +179,7 @@ def test_cli_dense_run_is_finite_and_deterministic(capsys, tiny_wikitext_dir: Pa
     assert config["model"]["kv_heads"] == 2 and config["model"]["dropout"] == 0.0  # the task's defaults
 
 
-def _gqa_heads_supported() -> bool:
-    from plprune.gates import GroupSet
-
-    try:
-        GroupSet(tiny_model(30), ("head",))
-    except PlpruneError as error:
-        if "grouped-query" in str(error):
-            return False
-        raise
-    return True
-
-
 def test_cli_random_pruning_of_query_heads(capsys, tiny_wikitext_dir: Path, tmp_path: Path) -> None:
-    if not _gqa_heads_supported():
-        pytest.skip("heads of grouped-query attention are not prunable yet (src/plprune/sites/heads.py)")
     out = tmp_path / "random"
     summary = _train(
         capsys, out, tiny_wikitext_dir, "--method", "random", "--prune-ratio", "0.5", "--prune-at", "4"
@@ -212,12 +198,6 @@ def test_cli_random_pruning_of_query_heads(capsys, tiny_wikitext_dir: Path, tmp_
 
 
 def test_cli_random_pruning_of_heads_and_neurons(capsys, tiny_wikitext_dir: Path, tmp_path: Path) -> None:
-    from plprune.gates import GroupSet
-
-    try:
-        GroupSet(tiny_model(30), ("head", "neuron"))
-    except PlpruneError as error:  # the neuron kind has a name before it has a finder
-        pytest.skip(f"heads and MLP neurons of this model are not both prunable yet: {error}")
     summary = _train(
         capsys, tmp_path / "both", tiny_wikitext_dir, "--method", "random", "--kinds", "head,neuron",
         "--kind-ratios", "head=0.5,neuron=0.25", "--prune-at", "4", "--no-diagnostics",
