@@ -22,7 +22,8 @@ from plprune.compaction import compact
 from plprune.errors import PlpruneError
 from plprune.gates import GroupSet
 from plprune.keep import select_mask
-from plprune.sites.heads import HeadSite, in_features, out_dim, out_features
+from plprune.sites.heads import HeadSite
+from plprune.sites.projections import in_features, out_dim, out_features
 
 transformers = pytest.importorskip("transformers")
 

@@ -24,7 +24,8 @@ from plprune.curvature import ntk
 from plprune.errors import PlpruneError
 from plprune.models import BertConfig, BertForMaskedLM, SwitchConfig, SwitchForMaskedLM
 from plprune.pruners.pl_plus import PLPlusConfig, PLPlusScorer
-from plprune.sites.neurons import is_conv1d, unregister_ffn
+from plprune.sites.neurons import unregister_ffn
+from plprune.sites.projections import is_conv1d
 
 T = pytest.importorskip("transformers")
 

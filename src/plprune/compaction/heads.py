@@ -21,10 +21,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from plprune.compaction.core import register_plan_check, register_planner
-from plprune.compaction.ops import CallOnModule, KeepSlices, Op
+from plprune.compaction.ops import CallOnModule, KeepSlices, Op, sync_sizes
 from plprune.errors import PlpruneError
 from plprune.gates import GroupSet
-from plprune.sites.heads import HeadSite, is_conv1d
+from plprune.sites.heads import HeadSite
 
 
 @register_planner(HeadSite)
@@ -52,17 +52,6 @@ def plan_heads(site: HeadSite, keep: Tensor, model: nn.Module, example_inputs: A
         kv_heads = site.kv_heads if site.grouped else len(heads)
         ops.append(CallOnModule(site.module_name, _set_counts, (setter, len(heads), kv_heads)))
     return ops
-
-
-def sync_sizes(module: nn.Module, _: Any = None) -> None:
-    """A projection's (or embedding table's) size attributes from its weight's new shape."""
-    weight = module.weight
-    if is_conv1d(module):
-        module.nf = int(weight.shape[1])
-    elif isinstance(module, nn.Linear):
-        module.out_features, module.in_features = (int(s) for s in weight.shape)
-    elif isinstance(module, nn.Embedding):
-        module.num_embeddings, module.embedding_dim = (int(s) for s in weight.shape)
 
 
 def _set_counts(module: nn.Module, argument: tuple) -> None:

@@ -18,10 +18,11 @@ from typing import Any
 from torch import Tensor, nn
 
 from plprune.compaction.core import register_planner
-from plprune.compaction.ops import CallOnModule, KeepSlices, Op, SetAttribute
+from plprune.compaction.ops import CallOnModule, KeepSlices, Op, SetAttribute, sync_sizes
 from plprune.errors import PlpruneError
 from plprune.groups import GateSite
-from plprune.sites.neurons import SIZE_ATTRIBUTES, NeuronSite, input_dim, is_conv1d, output_dim
+from plprune.sites.neurons import SIZE_ATTRIBUTES, NeuronSite
+from plprune.sites.projections import in_dim, out_dim
 
 
 def _expert_fate(site: NeuronSite) -> str:
@@ -69,15 +70,13 @@ def plan_neurons(site: NeuronSite, keep: Tensor, model: nn.Module, example_input
     rows = tuple(site.input_rows(channels))
     ops: list[Op] = []
     for path, proj in zip(site.adapter.inputs, site.inputs, strict=True):
-        ops.append(KeepSlices(_path(site, f"{path}.weight"), output_dim(proj), rows))
+        ops.append(KeepSlices(_path(site, f"{path}.weight"), out_dim(proj), rows))
         if proj.bias is not None:
             ops.append(KeepSlices(_path(site, f"{path}.bias"), 0, rows))
-        ops.append(SetAttribute(_path(site, path), "nf" if is_conv1d(proj) else "out_features", len(rows)))
+        ops.append(CallOnModule(_path(site, path), sync_sizes, None))
     output = site.output
-    ops.append(KeepSlices(_path(site, f"{site.adapter.output}.weight"), input_dim(output), tuple(channels)))
-    ops.append(
-        SetAttribute(_path(site, site.adapter.output), "nx" if is_conv1d(output) else "in_features", width)
-    )
+    ops.append(KeepSlices(_path(site, f"{site.adapter.output}.weight"), in_dim(output), tuple(channels)))
+    ops.append(CallOnModule(_path(site, site.adapter.output), sync_sizes, None))
     if site.adapter.set_size is not None:
         ops.append(CallOnModule(site.module_name, site.adapter.set_size, width))
     else:

@@ -114,3 +114,19 @@ class CallOnModule(Op):
 
     def apply(self, model: nn.Module) -> None:
         self.fn(model.get_submodule(self.module) if self.module else model, self.argument)
+
+
+def sync_sizes(module: nn.Module, _: Any = None) -> None:
+    """A projection's (or embedding table's) size attributes from its weight's new shape: ``in_features``/
+    ``out_features`` of an ``nn.Linear``, ``nx``/``nf`` of a Hugging Face ``Conv1D``, ``num_embeddings``/
+    ``embedding_dim`` of an ``nn.Embedding``. Used after :class:`KeepSlices` as ``CallOnModule(path,
+    sync_sizes, None)``."""
+    weight = module.weight
+    # a Conv1D by name and attribute: its ``nf`` no longer matches the sliced weight, so the structural
+    # check of plprune.sites.projections.is_conv1d would not recognise it here
+    if type(module).__name__ == "Conv1D" and isinstance(getattr(module, "nf", None), int):
+        module.nx, module.nf = (int(s) for s in weight.shape)
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = (int(s) for s in weight.shape)
+    elif isinstance(module, nn.Embedding):
+        module.num_embeddings, module.embedding_dim = (int(s) for s in weight.shape)

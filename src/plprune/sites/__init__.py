@@ -27,6 +27,7 @@ from plprune.sites.experts import (
 )
 from plprune.sites.filters import ConvMember, FilterSite
 from plprune.sites.heads import AttentionAdapter, HeadSite, find_head_sites, register_attention
+from plprune.sites.neurons import FFNAdapter, NeuronSite, neuron_sites, register_ffn
 
 __all__ = [
     "AttentionAdapter",
@@ -87,7 +88,12 @@ def _filter_sites(model: nn.Module, example_inputs: Any) -> list[GateSite]:
 #: kind -> finder(model, example_inputs): the kind's sites, or a PlpruneError saying what was found and how
 #: to make the kind discoverable. A new kind adds one entry (with :func:`register_kind_finder`).
 KindFinder = Callable[[nn.Module, Any], list[GateSite]]
-_FINDERS: dict[str, KindFinder] = {"head": _head_sites, "expert": _expert_sites, "filter": _filter_sites}
+_FINDERS: dict[str, KindFinder] = {
+    "head": _head_sites,
+    "expert": _expert_sites,
+    "filter": _filter_sites,
+    "neuron": neuron_sites,
+}
 #: kinds that need example inputs to be found (found by tracing); skipped by ``kinds=None`` without them
 _NEEDS_INPUTS = {"filter"}
 
@@ -147,6 +153,3 @@ def _in_module_order(model: nn.Module, sites: list[GateSite]) -> list[GateSite]:
     order = {id(m): i for i, (_, m) in enumerate(model.named_modules())}
     return sorted(sites, key=lambda s: order[id(s.module)])
 
-
-# last: the neuron module registers its finder with register_kind_finder, defined above
-from plprune.sites.neurons import FFNAdapter, NeuronSite, register_ffn  # noqa: E402

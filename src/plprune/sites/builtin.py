@@ -30,14 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from plprune.sites.experts import FusedMoEAdapter, MoEAdapter, register_moe
-from plprune.sites.heads import (
-    AttentionAdapter,
-    in_features,
-    is_conv1d,
-    is_projection,
-    out_features,
-    register_attention,
-)
+from plprune.sites.heads import AttentionAdapter, register_attention
+from plprune.sites.projections import in_features, is_conv1d, is_projection, out_features
 
 
 def _linears(module: nn.Module, *names: str) -> bool:

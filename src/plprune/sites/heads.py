@@ -43,6 +43,13 @@ from torch.utils.hooks import RemovableHandle
 
 from plprune.errors import PlpruneError
 from plprune.groups import GateSite, Group, ParamSlice
+from plprune.sites.projections import (
+    in_dim,
+    in_features,
+    out_dim,
+    out_features,
+    projection_at,
+)
 
 #: how a fused QKV projection orders its output rows (``d`` = head size, ``r`` = heads per KV head):
 #: ``"blocked"``: [Q of every head | K of every KV head | V of every KV head] (GPT-2 ``c_attn``, Phi-3
@@ -121,45 +128,6 @@ def attention_adapters() -> list[AttentionAdapter]:
     return list(_ATTENTION_ADAPTERS)
 
 
-# -- projections: nn.Linear ([out, in]) or Hugging Face's Conv1D ([in, out], attribute ``nf``) ---------
-def is_conv1d(module: nn.Module) -> bool:
-    """Hugging Face's ``Conv1D`` (GPT-2): a linear layer whose weight is stored ``[in, out]``."""
-    return type(module).__name__ == "Conv1D" and isinstance(getattr(module, "nf", None), int)
-
-
-def is_projection(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or is_conv1d(module)
-
-
-def out_dim(module: nn.Module) -> int:
-    """The weight dimension that indexes a projection's outputs (0 for ``nn.Linear``, 1 for ``Conv1D``)."""
-    return 1 if is_conv1d(module) else 0
-
-
-def out_features(module: nn.Module) -> int:
-    return int(module.weight.shape[out_dim(module)])
-
-
-def in_features(module: nn.Module) -> int:
-    return int(module.weight.shape[1 - out_dim(module)])
-
-
-def _projection(module: nn.Module, path: str, adapter: AttentionAdapter, module_name: str) -> nn.Module:
-    try:
-        found = module.get_submodule(path)
-    except AttributeError as error:
-        raise PlpruneError(
-            f"attention adapter {adapter.name!r} names submodule {path!r}, which "
-            f"{module_name or 'the model'} ({type(module).__name__}) does not have"
-        ) from error
-    if not is_projection(found):
-        raise PlpruneError(
-            f"attention adapter {adapter.name!r}: {module_name}.{path} must be an nn.Linear (or a Hugging "
-            f"Face Conv1D), got {type(found).__name__}"
-        )
-    return found
-
-
 @dataclass(frozen=True)
 class HeadLayout:
     """Where head j's rows are: ``q_rows[j]`` (start of its ``d`` rows in the Q output, or in the fused
@@ -215,7 +183,8 @@ class HeadSite(GateSite):
             )
         roles = ("fused",) if adapter.fused is not None else ("query", "key", "value")
         self.paths = {p: getattr(adapter, p) for p in (*roles, "output")}
-        self.linears = {p: _projection(module, path, adapter, module_name) for p, path in self.paths.items()}
+        who = f"attention adapter {adapter.name!r}"
+        self.linears = {p: projection_at(module, path, who, module_name) for p, path in self.paths.items()}
         width = in_features(self.linears["output"])
         if width % heads:
             raise PlpruneError(
@@ -277,7 +246,7 @@ class HeadSite(GateSite):
             if not self.grouped:  # multi-head attention: the head owns its key and value rows too
                 k_start, v_start = layout.kv_rows[j]
                 slices += self._rows(k_proj, k_start) + self._rows(v_proj, v_start)
-            o_dim = 1 - out_dim(output)  # W_O's input dimension
+            o_dim = in_dim(output)  # W_O's input dimension
             slices.append(ParamSlice(self._param("output", "weight"), o_dim, j * d, (j + 1) * d))
             out.append(Group("head", self.layer, j, tuple(slices)))
         return out

@@ -49,45 +49,17 @@ from torch.utils.hooks import RemovableHandle
 
 from plprune.errors import PlpruneError
 from plprune.groups import GateSite, Group, ParamSlice
+from plprune.sites.projections import (
+    in_dim,
+    in_features,
+    is_projection,
+    out_dim,
+    out_features,
+    projection_at,
+)
 
 #: count attributes an FFN module may keep of its intermediate width (updated after compaction when equal)
 SIZE_ATTRIBUTES = ("intermediate_size", "ffn_size", "ffn_dim", "d_ff", "hidden_dim")
-
-
-def is_conv1d(module: Any) -> bool:
-    """Hugging Face's ``Conv1D`` (GPT-2), by structure: a 2-d ``[in, out]`` weight and ``nf`` outputs."""
-    weight = getattr(module, "weight", None)
-    return (
-        isinstance(module, nn.Module)
-        and type(module).__name__ == "Conv1D"
-        and isinstance(getattr(module, "nf", None), int)
-        and isinstance(weight, Tensor)
-        and weight.dim() == 2
-        and weight.shape[1] == module.nf
-    )
-
-
-def is_projection(module: Any) -> bool:
-    """An ``nn.Linear`` (any subclass) or a Hugging Face ``Conv1D``."""
-    return isinstance(module, nn.Linear) or is_conv1d(module)
-
-
-def out_features(module: nn.Module) -> int:
-    return int(module.weight.shape[1] if is_conv1d(module) else module.weight.shape[0])
-
-
-def in_features(module: nn.Module) -> int:
-    return int(module.weight.shape[0] if is_conv1d(module) else module.weight.shape[1])
-
-
-def output_dim(module: nn.Module) -> int:
-    """The weight dimension indexed by the projection's outputs (0 for Linear, 1 for Conv1D)."""
-    return 1 if is_conv1d(module) else 0
-
-
-def input_dim(module: nn.Module) -> int:
-    """The weight dimension indexed by the projection's inputs (1 for Linear, 0 for Conv1D)."""
-    return 0 if is_conv1d(module) else 1
 
 
 @dataclass(frozen=True)
@@ -156,28 +128,13 @@ def ffn_adapters() -> list[FFNAdapter]:
     return list(_FFN_ADAPTERS)
 
 
-def _projection(module: nn.Module, path: str, adapter: FFNAdapter, module_name: str) -> nn.Module:
-    try:
-        found = module.get_submodule(path)
-    except AttributeError as error:
-        raise PlpruneError(
-            f"FFN adapter {adapter.name!r} names submodule {path!r}, which "
-            f"{module_name or 'the model'} ({type(module).__name__}) does not have"
-        ) from error
-    if not is_projection(found):
-        raise PlpruneError(
-            f"FFN adapter {adapter.name!r}: {module_name}.{path} must be an nn.Linear or a Hugging Face "
-            f"Conv1D, got {type(found).__name__}"
-        )
-    return found
-
-
 class NeuronSite(GateSite):
     """The intermediate channels of one FFN block, gated by a pre-hook on its output projection."""
 
     def __init__(self, module_name: str, module: nn.Module, layer: int, adapter: FFNAdapter) -> None:
-        inputs = [_projection(module, p, adapter, module_name) for p in adapter.inputs]
-        output = _projection(module, adapter.output, adapter, module_name)
+        who = f"FFN adapter {adapter.name!r}"
+        inputs = [projection_at(module, p, who, module_name) for p in adapter.inputs]
+        output = projection_at(module, adapter.output, who, module_name)
         width = in_features(output)
         factor = 2 if adapter.fused else 1
         for path, proj in zip(adapter.inputs, inputs, strict=True):
@@ -208,11 +165,11 @@ class NeuronSite(GateSite):
             slices = []
             for path, proj in zip(self.adapter.inputs, self.inputs, strict=True):
                 for row in self.input_rows([c]):
-                    slices.append(ParamSlice(self._param(path, "weight"), output_dim(proj), row, row + 1))
+                    slices.append(ParamSlice(self._param(path, "weight"), out_dim(proj), row, row + 1))
                     if proj.bias is not None:
                         slices.append(ParamSlice(self._param(path, "bias"), 0, row, row + 1))
             slices.append(
-                ParamSlice(self._param(self.adapter.output, "weight"), input_dim(self.output), c, c + 1)
+                ParamSlice(self._param(self.adapter.output, "weight"), in_dim(self.output), c, c + 1)
             )
             out.append(Group("neuron", self.layer, c, tuple(slices)))
         return out
@@ -242,7 +199,9 @@ def find_neuron_sites(model: nn.Module) -> list[NeuronSite]:
     return sites
 
 
-def _neuron_sites(model: nn.Module, example_inputs: Any) -> list[GateSite]:
+def neuron_sites(model: nn.Module, example_inputs: Any = None) -> list[GateSite]:
+    """The ``"neuron"`` finder of :func:`plprune.sites.find_sites`: every FFN block's site, or one clear
+    error naming the known families and how to register another."""
     sites = find_neuron_sites(model)
     if not sites:
         known = ", ".join(a.name for a in reversed(_FFN_ADAPTERS))
@@ -300,13 +259,3 @@ for _name, _inputs, _output, _fused in reversed(_BUILTIN):  # registered last = 
             fused=_fused,
         )
     )
-
-
-def _register_finder() -> None:
-    """``find_sites(kinds=("neuron",))`` finds these sites (plprune.sites imports this module last)."""
-    from plprune.sites import register_kind_finder
-
-    register_kind_finder("neuron", _neuron_sites)
-
-
-_register_finder()
