@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # ruff: noqa: RUF005
 LAYERS: list[tuple[str, ...]] = [
     ("plprune.errors", "plprune.validation", "plprune.seeding", "plprune.table", "plprune.faults")
-    + ("plprune.distributed", "plprune.devices", "plprune.memory"),
+    + ("plprune.quiet", "plprune.distributed", "plprune.devices", "plprune.memory"),
     # the sparsity methods' maths and training hooks work on any Units; they import no model
     ("plprune.groups", "plprune.keep", "plprune.schedules", "plprune.task", "plprune.gating")
     + ("plprune.sparsity",),

@@ -18,22 +18,18 @@ directory (``plprune export RUN_DIR``). See docs/deploy.md.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
 import importlib
 import importlib.util
 import inspect
-import io
 import json
-import logging
 import os
 import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +39,7 @@ from torch import Tensor, nn
 from plprune.compaction.core import strip_gate_hooks
 from plprune.errors import PlpruneError, RunDirError
 from plprune.gates import GroupSet
+from plprune.quiet import quiet
 
 __all__ = [
     "FORMATS",
@@ -418,24 +415,6 @@ def _input_names(model: nn.Module, count: int) -> list[str]:
     return [params[i] if i < len(params) else f"input_{i}" for i in range(count)]
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The exporters print progress, warn about tracing and log about optional packages: keep it out of
-    the user's console (failures are reported by the caller)."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
-
-
 def _check_every_expert_is_traced(model: nn.Module, inputs: tuple[Tensor, ...]) -> None:
     """Tracing records only the experts the example batch reaches (plprune's Switch skips an expert with no
     token): refuse an example that leaves one out, instead of an ONNX graph without it."""
@@ -470,7 +449,7 @@ def _onnx_export(model: nn.Module, inputs: tuple[Tensor, ...], path: Path) -> st
     attempts = [("torch.onnx.export(dynamo=True)", (dynamic,)), ("torch.onnx.export(dynamo=True)", None)]
     for exporter, shapes in attempts:
         try:
-            with _quiet():
+            with quiet():
                 program = torch.onnx.export(
                     wrapper,
                     inputs,
@@ -488,7 +467,7 @@ def _onnx_export(model: nn.Module, inputs: tuple[Tensor, ...], path: Path) -> st
                 break  # control flow on tensor values: static shapes would not help either
     _check_every_expert_is_traced(model, inputs)
     try:
-        with _quiet():
+        with quiet():
             torch.onnx.export(
                 wrapper, inputs, str(path), dynamo=False, input_names=names, output_names=["logits"]
             )

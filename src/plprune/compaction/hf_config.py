@@ -19,10 +19,6 @@ A family is one entry of :data:`FAMILIES` (``config.model_type`` -> :class:`Conf
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +26,7 @@ import torch
 from torch import nn
 
 from plprune.errors import PlpruneError
+from plprune.quiet import quiet
 
 NOTE_KEY = "plprune_note"
 HOW_TO_SAVE = (
@@ -167,25 +164,12 @@ def _summary(counts: list[LayerCounts]) -> dict[str, list[int]]:
     return {k: v for k, v in out.items() if v}
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Building a model from a config logs and warns (e.g. about token ids): keep it off the console."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
-
-
 def _rebuilt_config(config: Any, updates: dict[str, Any]) -> Any:
     """``config`` with ``updates`` as ``from_pretrained`` will read it: through ``to_dict``/``from_dict``
     (the config class's own validation runs)."""
     values = {**config.to_dict(), **updates}
     values.pop(NOTE_KEY, None)
-    with _quiet():
+    with quiet():
         rebuilt = type(config).from_dict(values)
     with contextlib.suppress(AttributeError, TypeError, ValueError):
         rebuilt._attn_implementation = config._attn_implementation
@@ -194,7 +178,7 @@ def _rebuilt_config(config: Any, updates: dict[str, Any]) -> Any:
 
 def _meta_model(model: nn.Module, config: Any) -> nn.Module:
     """``type(model)(config)`` on the meta device: its shapes, without memory or initialisation cost."""
-    with _quiet(), torch.device("meta"):
+    with quiet(), torch.device("meta"):
         return type(model)(config)
 
 
