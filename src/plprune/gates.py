@@ -86,8 +86,7 @@ class GroupSet:
         ids = torch.full((len(self.groups),), -1, dtype=torch.long)
         offset = 0
         for site, (start, stop) in zip(self.sites, self._ranges, strict=True):
-            even = getattr(site, "even_ids", None)
-            buckets = even() if callable(even) else None
+            buckets = site.even_ids()
             if buckets is not None:
                 ids[start:stop] = torch.tensor(buckets, dtype=torch.long) + offset
                 offset += max(buckets) + 1

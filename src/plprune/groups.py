@@ -113,6 +113,12 @@ class GateSite(ABC):
     def set_hard_mask(self, keep: Tensor) -> None:
         self.keep = torch.as_tensor(keep, dtype=torch.bool).clone()
 
+    def even_ids(self) -> list[int] | None:
+        """Buckets whose groups must keep equal counts (one id per group; :func:`plprune.keep.
+        even_within_buckets`), e.g. grouped-query attention's query heads per KV head; ``None``: no
+        constraint (every site but :class:`~plprune.sites.heads.HeadSite` under GQA)."""
+        return None
+
 
 #: the pseudo-kind of unstructured pruning: single weights, not groups (plprune.weight_pruner)
 WEIGHT_KIND = "weight"
