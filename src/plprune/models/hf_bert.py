@@ -21,18 +21,9 @@ from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
 from plprune.models.bert import BertConfig, BertForMaskedLM, MaskedLMHead
+from plprune.models.hf_import import require_transformers
 
 __all__ = ["HfBertForMaskedLM", "copy_plprune_bert_weights", "hf_bert_config"]
-
-
-def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise PlpruneError(
-            "Hugging Face models need the transformers package: pip install 'plprune[hf]'"
-        ) from error
-    return transformers
 
 
 def hf_bert_config(config: BertConfig) -> Any:
@@ -40,7 +31,7 @@ def hf_bert_config(config: BertConfig) -> Any:
     the same LayerNorm eps and initialiser range, eager attention (exact higher derivatives)."""
     if config.pre_layer_norm:
         raise PlpruneError("Hugging Face BERT is post-LN; a pre-LN plprune config has no HF counterpart")
-    return _transformers().BertConfig(
+    return require_transformers().BertConfig(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_layers,
@@ -69,7 +60,7 @@ class HfBertForMaskedLM(MaskedLMHead):
         if (config is None) == (hf_model is None):
             raise PlpruneError("HfBertForMaskedLM takes either a plprune BertConfig or a Hugging Face model")
         if hf_model is None:
-            hf_model = _transformers().BertForMaskedLM(hf_bert_config(config))
+            hf_model = require_transformers().BertForMaskedLM(hf_bert_config(config))
         for attr in ("bert", "cls"):
             if not hasattr(hf_model, attr):
                 raise PlpruneError(

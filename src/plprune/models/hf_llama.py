@@ -27,22 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
+from plprune.models.hf_import import require_transformers
 from plprune.validation import check_bool, check_positive_float, check_positive_int, check_probability
 
 __all__ = ["IGNORE_INDEX", "CausalLmConfig", "CausalLmOutput", "HfLlamaForCausalLM", "hf_llama_config"]
 
 IGNORE_INDEX = -100
 """Label of positions that are not predicted (the ``ignore_index`` of ``F.cross_entropy``)."""
-
-
-def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise PlpruneError(
-            "Hugging Face models need the transformers package: pip install 'plprune[hf]'"
-        ) from error
-    return transformers
 
 
 @dataclass
@@ -95,7 +86,7 @@ def hf_llama_config(config: CausalLmConfig) -> Any:
     (plprune's tokenizer has no BOS/EOS; nothing is padded)."""
     if not isinstance(config, CausalLmConfig):
         raise PlpruneError(f"expected a CausalLmConfig, got {type(config).__name__}")
-    return _transformers().LlamaConfig(
+    return require_transformers().LlamaConfig(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_layers,
@@ -140,7 +131,7 @@ class HfLlamaForCausalLM(nn.Module):
                 "HfLlamaForCausalLM takes either a plprune CausalLmConfig or a Hugging Face model"
             )
         if hf_model is None:
-            hf_model = _transformers().LlamaForCausalLM(hf_llama_config(config))
+            hf_model = require_transformers().LlamaForCausalLM(hf_llama_config(config))
         for attr in ("model", "lm_head"):
             if not hasattr(hf_model, attr):
                 raise PlpruneError(
