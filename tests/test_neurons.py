@@ -84,6 +84,28 @@ class Family:
     width: int = FFN
 
 
+def gated_decoder(model: str, config: str, **extra: object) -> Family:
+    """A Llama-style decoder of 2 layers with a gated MLP (gate/up rows and a down column per neuron, no
+    biases: 3·H weights each), its last hidden state as output."""
+    return Family(
+        lambda: getattr(T, model)(
+            getattr(T, config)(
+                hidden_size=H,
+                intermediate_size=FFN,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                vocab_size=V,
+                **extra,
+                **EAGER,
+            )
+        ),
+        last_hidden,
+        lambda m: [layer.mlp.down_proj for layer in m.layers],
+        3 * H,
+    )
+
+
 FAMILIES = {
     "plprune-bert": Family(
         lambda: BertForMaskedLM(bert_config()),
@@ -245,88 +267,12 @@ FAMILIES = {
         lambda m: [m.encoder.layers[0].fc2, m.decoder.layers[0].fc2],
         2 * H + 1,
     ),
-    "hf-llama": Family(
-        lambda: T.LlamaModel(
-            T.LlamaConfig(
-                hidden_size=H,
-                intermediate_size=FFN,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                num_key_value_heads=2,
-                vocab_size=V,
-                **EAGER,
-            )
-        ),
-        last_hidden,
-        lambda m: [layer.mlp.down_proj for layer in m.layers],
-        3 * H,  # gate_proj and up_proj rows, down_proj column, no biases
-    ),
-    "hf-qwen2": Family(
-        lambda: T.Qwen2Model(
-            T.Qwen2Config(
-                hidden_size=H,
-                intermediate_size=FFN,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                num_key_value_heads=2,
-                vocab_size=V,
-                **EAGER,
-            )
-        ),
-        last_hidden,
-        lambda m: [layer.mlp.down_proj for layer in m.layers],
-        3 * H,
-    ),
-    "hf-mistral": Family(
-        lambda: T.MistralModel(
-            T.MistralConfig(
-                hidden_size=H,
-                intermediate_size=FFN,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                num_key_value_heads=2,
-                vocab_size=V,
-                **EAGER,
-            )
-        ),
-        last_hidden,
-        lambda m: [layer.mlp.down_proj for layer in m.layers],
-        3 * H,
-    ),
-    "hf-gemma": Family(
-        lambda: T.GemmaModel(
-            T.GemmaConfig(
-                hidden_size=H,
-                intermediate_size=FFN,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                num_key_value_heads=2,
-                head_dim=8,
-                vocab_size=V,
-                **EAGER,
-            )
-        ),
-        last_hidden,
-        lambda m: [layer.mlp.down_proj for layer in m.layers],
-        3 * H,
-    ),
-    "hf-phi3": Family(  # fused [gate; up]: rows c and I + c of gate_up_proj
-        lambda: T.Phi3Model(
-            T.Phi3Config(
-                hidden_size=H,
-                intermediate_size=FFN,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                num_key_value_heads=2,
-                vocab_size=V,
-                pad_token_id=0,
-                **EAGER,
-            )
-        ),
-        last_hidden,
-        lambda m: [layer.mlp.down_proj for layer in m.layers],
-        3 * H,
-    ),
+    "hf-llama": gated_decoder("LlamaModel", "LlamaConfig"),
+    "hf-qwen2": gated_decoder("Qwen2Model", "Qwen2Config"),
+    "hf-mistral": gated_decoder("MistralModel", "MistralConfig"),
+    "hf-gemma": gated_decoder("GemmaModel", "GemmaConfig", head_dim=8),
+    # fused [gate; up]: rows c and I + c of gate_up_proj
+    "hf-phi3": gated_decoder("Phi3Model", "Phi3Config", pad_token_id=0),
     "hf-t5": Family(
         lambda: T.T5Model(
             T.T5Config(d_model=H, d_ff=FFN, d_kv=8, num_layers=1, num_heads=2, vocab_size=V, **EAGER)
