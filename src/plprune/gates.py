@@ -75,6 +75,9 @@ class GroupSet:
         self.layer_ids = torch.tensor([unique.index(k) for k in layer_keys])
         self.kinds = tuple(dict.fromkeys(g.kind for g in self.groups))
         self.mask = torch.ones(len(self.groups), dtype=torch.bool)
+        self._pruned_for: Tensor | None = None  # the mask _pruned_index was built for
+        self._pruned_index: dict[tuple[str, int], Tensor] = {}
+        self._pruned_on_device: dict[tuple[str, int, str], Tensor] = {}
         self.even_ids = self._even_ids()
         for site in self.sites:
             site.attach()
@@ -178,21 +181,43 @@ class GroupSet:
         self.enforce()
         self.clear_soft_gates()
 
+    def _pruned_entries(self, device: torch.device, name: str, dim: int) -> Tensor:
+        """The indices along ``dim`` of parameter ``name`` that pruned groups own (on ``device``)."""
+        key = (name, dim, str(device))
+        if key not in self._pruned_on_device:
+            self._pruned_on_device[key] = self._pruned_index[(name, dim)].to(device)
+        return self._pruned_on_device[key]
+
+    def _pruned_slices(self) -> dict[tuple[str, int], Tensor]:
+        """Per (parameter, dim), every index a pruned group's slices cover, for the current mask: built once
+        per mask (not per optimizer step), so enforcing costs one ``index_fill_`` per parameter and dim
+        however many groups are pruned (thousands of neurons)."""
+        if self._pruned_for is None or not torch.equal(self._pruned_for, self.mask):
+            entries: dict[tuple[str, int], set[int]] = {}
+            for index in (~self.mask).nonzero().flatten().tolist():
+                for piece in self.groups[index].slices:
+                    entries.setdefault((piece.param_name, piece.dim), set()).update(
+                        range(piece.start, piece.stop)
+                    )
+            self._pruned_index = {k: torch.tensor(sorted(v), dtype=torch.long) for k, v in entries.items()}
+            self._pruned_on_device = {}
+            self._pruned_for = self.mask.clone()
+        return self._pruned_index
+
     @torch.no_grad()
     def enforce(self) -> None:
         """Re-zero every weight slice of every pruned group (call after each optimizer step)."""
-        for index in (~self.mask).nonzero().flatten().tolist():
-            for piece in self.groups[index].slices:
-                piece.select(self._params[piece.param_name]).zero_()
+        for name, dim in self._pruned_slices():
+            param = self._params[name]
+            param.index_fill_(dim, self._pruned_entries(param.device, name, dim), 0)
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
         """Zero the gradients of pruned groups' weights (call between backward and optimizer step)."""
-        for index in (~self.mask).nonzero().flatten().tolist():
-            for piece in self.groups[index].slices:
-                grad = self._params[piece.param_name].grad
-                if grad is not None:
-                    piece.select(grad).zero_()
+        for name, dim in self._pruned_slices():
+            grad = self._params[name].grad
+            if grad is not None:
+                grad.index_fill_(dim, self._pruned_entries(grad.device, name, dim), 0)
 
     def state_dict(self) -> dict:
         return {"mask": self.mask.clone(), "names": self.names}
