@@ -121,8 +121,9 @@ def inference(name: str, ratio: float, repeats: int, progress: Callable[[str], N
     masked_logits = small(input_ids=ids(2, 1)).logits.detach()
     pruner.compact()
     diff = float((small(input_ids=ids(2, 1)).logits - masked_logits).abs().max())
-    heads = [s.num_groups for s in plprune.GroupSet(small, ("head",)).sites]
-    neurons = [s.num_groups for s in plprune.GroupSet(small, ("neuron",)).sites]
+    # find_sites reads the counts without attaching gate hooks (a GroupSet would, and they would be timed)
+    heads = [s.num_groups for s in plprune.sites.find_sites(small, ("head",))]
+    neurons = [s.num_groups for s in plprune.sites.find_sites(small, ("neuron",))]
     row: dict[str, Any] = {
         "params": {"dense": count(dense), "compacted": count(small)},
         "heads_per_layer_after": heads,
