@@ -96,6 +96,8 @@ _FINDERS: dict[str, KindFinder] = {
 }
 #: kinds that need example inputs to be found (found by tracing); skipped by ``kinds=None`` without them
 _NEEDS_INPUTS = {"filter"}
+#: kinds found only when asked for by name (``kinds=None`` means heads, experts and filters, as it always has)
+_ON_REQUEST = {"neuron"}
 
 
 def register_kind_finder(kind: str, finder: KindFinder, *, needs_example_inputs: bool = False) -> None:
@@ -138,11 +140,10 @@ def find_sites(
 
 def _any_sites(model: nn.Module, example_inputs: Any) -> list[GateSite]:
     """Every kind's sites that are there; kinds found by tracing only when ``example_inputs`` are given.
-    (Neurons are not found here: ``kinds=None`` keeps meaning heads, experts and filters, as before; ask for
-    ``"neuron"`` by name.)"""
+    Kinds in ``_ON_REQUEST`` (neurons) are not found here: ask for them by name."""
     sites: list[GateSite] = []
     for kind, finder in _FINDERS.items():
-        if kind == "neuron" or (kind in _NEEDS_INPUTS and example_inputs is None):
+        if kind in _ON_REQUEST or (kind in _NEEDS_INPUTS and example_inputs is None):
             continue
         with contextlib.suppress(PlpruneError):  # a kind that is not there: fine when none was asked for
             sites.extend(finder(model, example_inputs))
