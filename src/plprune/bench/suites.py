@@ -416,6 +416,33 @@ SUITES["paper-gpu-tiny"] = Suite(
     curvature_methods=(),
 )
 
+
+def _llama_units_plan(kinds: tuple[str, ...], ratio: float, methods: tuple[str, ...]) -> TaskPlan:
+    """The Llama-style GQA decoder of ``hf-llama-wikitext2`` (2 layers, hidden 128, 8 query / 2 KV heads,
+    SwiGLU width 344; trained on WikiText-2's valid.txt, evaluated on test.txt), 800 steps, ``ratio`` of
+    each of ``kinds`` removed one-shot at step 160; no pruning-event diagnostics (not compared here)."""
+    base = deep_merge(
+        _mlm_base(800, 100, 160, ratio, ffn=344),
+        {"prune": {"kinds": list(kinds), "diagnostics": False}, "train": {"checkpoint_every": 200}},
+    )
+    label = f"llama-{'-'.join(k + 's' for k in kinds)}-r{round(ratio * 100)}"
+    return TaskPlan("hf-llama-wikitext2", base, methods, times={"every": "1e"}, label=label)
+
+
+SUITES["transformer-units"] = Suite(
+    "transformer-units",
+    "which units to remove from a GQA decoder: heads + FFN neurons at 50% each against heads alone at 75%, "
+    "against dense, with PL, random and grad-score as criteria; the Llama-style LM of hf-llama-wikitext2 "
+    "(trained on valid.txt, evaluated on test.txt), 3 seeds. Dense runs once, in the first plan "
+    "(benchmarks/transformer_quality.py pairs both plans with it)",
+    (0, 1, 2),
+    (
+        _llama_units_plan(("head", "neuron"), 0.5, ("dense", "pl", "random", "grad-score")),
+        _llama_units_plan(("head",), 0.75, ("pl", "random", "grad-score")),
+    ),
+    curvature_methods=(),
+)
+
 ABLATIONS = (
     *("at-init", "early", "late", "one-shot", "iterative", "r50", "r75", "r90", "per-layer", "global"),
     *SETTING_ABLATIONS,
