@@ -40,6 +40,7 @@ from plprune.groups import check_kinds
 from plprune.keep import ALLOCATIONS, select_mask
 from plprune.pruners.base import Diagnostics, GroupScorer, PruneContext, PrunerPlugin
 from plprune.schedules import PruneEvent, Schedule
+from plprune.sites import kinds_need_inputs
 from plprune.task import FunctionTask, LossFn, Task
 from plprune.validation import check_choice, check_non_negative_int, check_probability
 
@@ -128,8 +129,7 @@ class Pruner:
         if kinds is not None:
             kinds = check_kinds((kinds,) if isinstance(kinds, str) else tuple(kinds))
         if groups is None:
-            wants_filters = kinds is None or "filter" in kinds
-            if wants_filters and example_inputs is None and isinstance(self.task, FunctionTask):
+            if kinds_need_inputs(kinds) and example_inputs is None and isinstance(self.task, FunctionTask):
                 example_inputs = self.task.model_inputs(0)
             groups = GroupSet(model, kinds, example_inputs=example_inputs)
         elif groups.model is not model:

@@ -18,6 +18,7 @@ from plprune.groups import WEIGHT_KIND
 from plprune.memory import check_fits_on_device
 from plprune.run_config import RunConfig, config_differences, normalised_saved_config, save_config
 from plprune.seeding import deterministic_mode
+from plprune.sites import kinds_need_inputs
 from plprune.tasks.registry import DEFAULT_KINDS, TASKS, build_task
 from plprune.train.callbacks import Callback
 from plprune.train.checkpoint import atomic_write_text, checkpoint_exists, remove_temp_files
@@ -97,7 +98,7 @@ def build_pruning_callbacks(
     if spec.build is None:
         if kinds == (WEIGHT_KIND,):  # dense reference of an unstructured comparison: the task's groups
             kinds = DEFAULT_KINDS[config.task]
-        inputs = example_inputs if "filter" in kinds else None
+        inputs = example_inputs if kinds_need_inputs(kinds) else None
         groups = GroupSet(model, kinds, example_inputs=inputs) if prune.curvature_every else None
         return _curvature_tracker(config, groups) if groups is not None else []
 
@@ -115,7 +116,7 @@ def build_pruning_callbacks(
     schedule.validate(config.train.steps)
     if kinds == (WEIGHT_KIND,):
         return [_weight_pruning(config, model, schedule, BuildInfo(config.train.steps, steps_per_epoch))]
-    groups = GroupSet(model, kinds=kinds, example_inputs=example_inputs if "filter" in kinds else None)
+    groups = GroupSet(model, kinds=kinds, example_inputs=example_inputs if kinds_need_inputs(kinds) else None)
     check_method_kinds(prune.method, groups.kinds)
     diagnostics = Diagnostics() if prune.diagnostics else None
     pruning = PruningCallback(

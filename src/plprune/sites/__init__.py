@@ -9,7 +9,7 @@ the built-in ones in :mod:`plprune.sites.builtin`), conv filters through a depen
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch import nn
@@ -41,6 +41,7 @@ __all__ = [
     "MoEAdapter",
     "NeuronSite",
     "find_sites",
+    "kinds_need_inputs",
     "register_attention",
     "register_ffn",
     "register_kind_finder",
@@ -106,6 +107,17 @@ def register_kind_finder(kind: str, finder: KindFinder, *, needs_example_inputs:
     _FINDERS[kind] = finder
     if needs_example_inputs:
         _NEEDS_INPUTS.add(kind)
+
+
+def kinds_need_inputs(kinds: Iterable[str] | None) -> bool:
+    """Whether finding the groups of ``kinds`` needs example inputs (a kind found by tracing the model, such
+    as ``"filter"``; :func:`register_kind_finder` says which). ``None`` means the kinds ``find_sites`` looks
+    for by default. Callers ask this instead of testing kind names, so a new kind edits no caller."""
+    if kinds is None:
+        return any(kind in _NEEDS_INPUTS for kind in _FINDERS if kind not in _ON_REQUEST)
+    if isinstance(kinds, str):
+        kinds = (kinds,)
+    return any(kind in _NEEDS_INPUTS for kind in kinds)
 
 
 def find_sites(
