@@ -300,6 +300,7 @@ class Pruner:
         if self.distributed:  # rank 0 decides: every rank gets its scores and mask, bit for bit
             scores = dist.broadcast(scores)
             mask = dist.broadcast(mask)
+        self.scorer.before_mask(context, mask)  # e.g. FLAP's bias compensation, before the weights go
         self.groups.apply_mask(mask)
         scoring_seconds = time.perf_counter() - scoring_started
         after_started = time.perf_counter()

@@ -70,6 +70,15 @@ class GroupScorer(ABC):
         :class:`~plprune.pruners.registration.BuildInfo`; override when the constructor differs."""
         return cls() if settings is None else cls(settings)
 
+    def before_mask(self, context: PruneContext, mask: Tensor) -> None:
+        """Called by :meth:`plprune.Pruner.prune` with the event's new hard mask (``True`` = keep), after
+        the keep rule chose it and before :meth:`GroupSet.apply_mask` zeroes the newly pruned groups: their
+        weights are still in place. ``context`` is the one :meth:`scores` received at this event. A
+        criterion that edits the *surviving* weights when groups go does it here (FLAP's bias compensation,
+        :mod:`plprune.pruners.flap`); no-op by default. Callers that apply masks themselves call it the
+        same way."""
+        return None
+
     def plugins(self) -> list[Any]:
         """:class:`PrunerPlugin` objects the method needs beyond a mask (IMP's rewinding,
         DPFPS's regulariser); none by default."""
