@@ -113,7 +113,8 @@ def run_config(
             config["prune"]["prune_end"] = str(steps // 2)
             config["prune"]["prune_every"] = str(max(1, steps // 10))
         overrides.pop("prune_at", None)
-    config["prune"] = {**config["prune"], **overrides, "pl": pl}
+    # the report compares curvature before/after each event: the opt-in diagnostics are on here
+    config["prune"] = {**config["prune"], **overrides, "pl": pl, "diagnostics": True}
     return config
 
 

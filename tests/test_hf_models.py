@@ -393,7 +393,8 @@ def test_cli_trains_and_prunes_the_heads_of_a_hugging_face_bert(capsys, tmp_path
         "train", "--task", "hf-bert-pydoc", "--method", "pl", "--steps", "30", "--prune-at", "10",
         "--prune-ratio", "0.5", "--layers", "1", "--hidden", "16", "--heads", "2", "--ffn", "32",
         "--seq-len", "16", "--batch-size", "4", "--eval-every", "15", "--eval-batches", "1",
-        "--gate-steps", "2", "--feature-samples", "4", "--no-progress", "--out", str(out),
+        "--gate-steps", "2", "--feature-samples", "4", "--diagnostics", "--no-progress",
+        "--out", str(out),
     ]
     # fmt: on
     assert main(argv) == 0, capsys.readouterr().err

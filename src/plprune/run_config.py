@@ -147,7 +147,7 @@ class PruneConfig:
     rounds: int = 3
     kinds: tuple[str, ...] | None = None
     kind_ratios: dict[str, float] | None = None
-    diagnostics: bool = True
+    diagnostics: bool = False
     curvature_every: int = 0
     allocation: str | None = None
     compact: bool = False
