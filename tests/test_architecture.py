@@ -24,11 +24,13 @@ LAYERS: list[tuple[str, ...]] = [
     + ("plprune.sparsity.early_exit", "plprune.sparsity.dynamic"),
     ("plprune.sites", "plprune.gates", "plprune.sparsity.group_units"),
     ("plprune.pruners", "plprune.compaction"),
-    ("plprune.pruner", "plprune.weight_pruner", "plprune.scorers"),
+    # the library's entry points; export is the file format (safetensors, manifest, ONNX) and sits here with
+    # no exception: families describe themselves (models.architecture), kinds say what they need (sites)
+    ("plprune.pruner", "plprune.weight_pruner", "plprune.scorers", "plprune.export", "plprune.export_onnx"),
     ("plprune.train", "plprune.tasks", "plprune.integrations"),
-    # the run-level glue: configs, named tasks built from a config, the runner, benchmarks, CLI
-    # (export rebuilds run models from their configs)
-    ("plprune.run_config", "plprune.tasks.registry", "plprune.runner", "plprune.bench", "plprune.export"),
+    # the run-level glue: configs, named tasks built from a config, the runner, reading run directories for
+    # export (run_export), benchmarks, CLI
+    ("plprune.run_config", "plprune.tasks.registry", "plprune.runner", "plprune.run_export", "plprune.bench"),
     ("plprune.cli",),
     ("plprune",),  # the package root re-exports the public API
 ]
@@ -124,3 +126,24 @@ def test_the_masking_core_imports_no_model() -> None:
         if (dep == "plprune.models" or dep.startswith("plprune.models.")) and dep != "plprune.models.layers"
     ]
     assert not offending, "\n".join(offending)
+
+
+def test_deployment_needs_no_training_stack() -> None:
+    """``plprune.export`` (with everything it imports, transitively) reaches no trainer, task, runner or run
+    config: a deployed model is loaded by the library alone. Only ``plprune.run_export`` reads run
+    directories."""
+    edges = graph()
+    training = ("plprune.train", "plprune.tasks", "plprune.runner", "plprune.run_config")
+    training += ("plprune.run_export",)
+    seen: set[str] = set()
+    todo = ["plprune.export"]
+    while todo:
+        module = todo.pop()
+        if module in seen or module not in edges:
+            continue
+        seen.add(module)
+        todo.extend(edges[module])
+        todo.extend(module.rsplit(".", i)[0] for i in range(1, module.count(".")))  # packages run on import
+    reached = sorted(m for m in seen if any(m == t or m.startswith(t + ".") for t in training))
+    assert "plprune.compaction" in seen and "plprune.models.architecture" in seen  # the walk went somewhere
+    assert not reached, f"plprune.export reaches {reached}"

@@ -207,7 +207,7 @@ def test_cli_random_pruning_of_heads_and_neurons(capsys, tiny_wikitext_dir: Path
     assert math.isfinite(final["test_ppl"])
     # plprune export of the run: the compacted model reloads with plprune.load and computes the masked one
     import plprune
-    from plprune.export import model_from_run
+    from plprune.run_export import model_from_run
 
     assert main(["export", str(tmp_path / "both"), "--out", str(tmp_path / "export")]) == 0
     loaded = plprune.load(tmp_path / "export")

@@ -236,7 +236,7 @@ def run_dir(capsys, tiny_wikitext_dir: Path, tmp_path: Path) -> Path:
 def test_cli_exports_a_run_that_loads_and_matches_its_onnx_file(capsys, run_dir: Path) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from plprune.export import model_from_run
+    from plprune.run_export import model_from_run
 
     code, stdout, err = run_cli(capsys, "export", run_dir, "--format", "onnx")
     assert code == 0, err
@@ -288,7 +288,7 @@ def test_a_damaged_latest_checkpoint_exports_the_previous_one(
 ) -> None:
     """checkpoint.pt fails its checksum: export falls back to checkpoint.prev.pt and says so; with both
     damaged it refuses, naming each problem."""
-    from plprune.export import model_from_run
+    from plprune.run_export import model_from_run
 
     run_dir = tmp_path / "run"
     args = ("train", "--data-dir", tiny_wikitext_dir, "--out", run_dir, *TRAIN, "--checkpoint-every", "3")
@@ -369,12 +369,13 @@ def test_bad_export_arguments_and_directories(exported: Path, tmp_path: Path) ->
 
 
 def test_moe_onnx_tracing_refuses_an_example_that_leaves_an_expert_out() -> None:
-    from plprune.export import _check_every_expert_is_traced
+    """The Switch family's trace check, reached through the registry export calls before tracing."""
+    from plprune.models.architecture import check_trace_inputs
 
     model = SwitchForMaskedLM(bert_config(), SwitchConfig(num_experts=4)).eval()
-    _check_every_expert_is_traced(model, (ids(8),))  # 64 tokens reach every expert
+    check_trace_inputs(model, (ids(8),))  # 64 tokens reach every expert
     with pytest.raises(PlpruneError, match=r"send no token to experts \[.*\] of layers\.0\.feed_forward"):
-        _check_every_expert_is_traced(model, (ids(1)[:, :1],))  # one token reaches one expert per layer
+        check_trace_inputs(model, (ids(1)[:, :1],))  # one token reaches one expert per layer
 
 
 def test_export_takes_a_pruner_before_and_after_its_in_place_compaction(tmp_path: Path) -> None:
@@ -391,3 +392,83 @@ def test_export_takes_a_pruner_before_and_after_its_in_place_compaction(tmp_path
         loaded = plprune.load(tmp_path / name)
         assert sum(layer.attention.num_heads for layer in loaded.layers) == 4
         assert (logits(loaded, x) - masked).abs().max() <= 1e-5
+
+
+# -- the family registry (plprune.models.architecture) -------------------------------------------------
+class TwoLayerNet(nn.Module):
+    """A user's family: an MLP whose hidden width is a constructor argument (no heads, experts or filters)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = width
+        self.body = nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+def test_a_registered_family_loads_without_a_skeleton(tmp_path: Path) -> None:
+    """One ``register_architecture`` call makes a user's model rebuildable from ``plprune.json``: the
+    reloaded model computes what the exported one does, and its default example input is the family's."""
+    from plprune.models.architecture import register_architecture
+
+    register_architecture(
+        TwoLayerNet,
+        "tests.TwoLayerNet",
+        describe=lambda model: {"width": model.width},
+        build=lambda description: TwoLayerNet(description["width"]),
+        example_inputs=lambda description: (torch.zeros(2, 4),),
+    )
+    torch.manual_seed(0)
+    model = TwoLayerNet(5).eval()
+    manifest = plprune.export(model, None, tmp_path / "net")
+    assert manifest["architecture"] == {"family": "tests.TwoLayerNet", "width": 5}
+    assert manifest["example_inputs"] == [{"shape": [2, 4], "dtype": "float32"}]
+    loaded = plprune.load(tmp_path / "net")
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    assert isinstance(loaded, TwoLayerNet) and torch.equal(loaded(x), model(x))
+
+
+def test_the_family_registry_refuses_bad_registrations_and_unknown_families(tmp_path: Path) -> None:
+    from plprune.models.architecture import build_architecture, describe_architecture, register_architecture
+
+    def build(description: dict) -> nn.Module:
+        return nn.Linear(1, 1)
+
+    with pytest.raises(PlpruneError, match=r"needs an nn\.Module subclass"):
+        register_architecture(int, "tests.int", describe=dict, build=build)  # type: ignore[arg-type]
+    with pytest.raises(PlpruneError, match="'transformers' is reserved"):
+        register_architecture(nn.Linear, "transformers", describe=dict, build=build)
+    with pytest.raises(PlpruneError, match="build must be callable"):
+        register_architecture(nn.Linear, "tests.Linear", describe=dict, build="nope")  # type: ignore[arg-type]
+    with pytest.raises(PlpruneError, match=r"already registered for plprune\.models\.bert\.BertForMaskedLM"):
+        register_architecture(nn.Linear, "plprune.BertForMaskedLM", describe=dict, build=build)
+    with pytest.raises(PlpruneError, match=r"unknown model family 'nobody\.Net'"):
+        build_architecture({"family": "nobody.Net"})
+    with pytest.raises(PlpruneError, match=r"invalid plprune.VGG architecture description \('args'\)"):
+        build_architecture({"family": "plprune.VGG"})
+    with pytest.raises(PlpruneError, match="pass its dense, unpruned skeleton"):
+        build_architecture(describe_architecture(nn.Linear(2, 2)))
+    custom = {"family": "custom", "class": "torch.nn.modules.linear.Linear"}
+    assert describe_architecture(nn.Linear(2, 2)) == custom
+
+
+def test_run_directory_reading_moved_out_of_export() -> None:
+    """``plprune.export`` is the file format only; the run-directory reader says where it went."""
+    import importlib
+
+    from plprune.run_export import export_run, model_from_run
+
+    module = importlib.import_module("plprune.export")  # plprune.export is also the function's name
+    assert callable(export_run) and callable(model_from_run)
+    with pytest.raises(AttributeError, match=r"moved to plprune\.run_export\.model_from_run"):
+        module.model_from_run  # noqa: B018
+
+
+def test_kinds_that_need_example_inputs_come_from_the_kind_registry() -> None:
+    """Export, load, the Pruner and the runner ask this instead of testing for ``"filter"``."""
+    from plprune.sites import kinds_need_inputs
+
+    assert kinds_need_inputs(("filter",)) and kinds_need_inputs(("head", "filter"))
+    assert kinds_need_inputs(None)  # the default kinds include filters
+    assert not kinds_need_inputs(("head",)) and not kinds_need_inputs(("head", "expert", "neuron"))

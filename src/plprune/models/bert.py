@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
+from plprune.models.architecture import register_architecture, token_ids
 from plprune.models.layers import LayerNorm
 from plprune.validation import check_positive_int, check_probability
 
@@ -266,3 +267,19 @@ class BertForMaskedLM(MaskedLMHead):
         """Vocabulary logits for hidden states of any leading shape."""
         transformed = self.head_norm(F.gelu(self.head_transform(hidden)))
         return F.linear(transformed, self.token_embedding.weight, self.decoder_bias)
+
+
+# -- export: the family as data (plprune.models.architecture) -------------------------------------------
+def bert_example_inputs(description: dict) -> tuple[Tensor, ...]:
+    """Token ids within the recorded ``bert_config``'s vocabulary and length (BERT and Switch)."""
+    config = description["bert_config"]
+    return token_ids(config["vocab_size"], config["max_length"])
+
+
+register_architecture(
+    BertForMaskedLM,
+    "plprune.BertForMaskedLM",
+    describe=lambda model: {"bert_config": model.config.to_dict()},
+    build=lambda description: BertForMaskedLM(BertConfig(**description["bert_config"])),
+    example_inputs=bert_example_inputs,
+)

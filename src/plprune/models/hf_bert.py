@@ -20,6 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
+from plprune.models.architecture import (
+    build_hf_model,
+    describe_hf_model,
+    hf_example_inputs,
+    register_architecture,
+)
 from plprune.models.bert import BertConfig, BertForMaskedLM, MaskedLMHead
 from plprune.models.hf_import import require_transformers
 
@@ -139,3 +145,27 @@ def copy_plprune_bert_weights(source: BertForMaskedLM, target: nn.Module) -> Non
         decoder.weight.copy_(ours["token_embedding.weight"])
     if decoder.bias is not None and decoder.bias is not target.cls.predictions.bias:
         decoder.bias.copy_(ours["decoder_bias"])
+
+
+# -- export: the family as data (plprune.models.architecture) -------------------------------------------
+def _describe(model: HfBertForMaskedLM) -> dict[str, Any]:
+    return {
+        "bert_config": model.config.to_dict() if model.config is not None else None,
+        "hf": describe_hf_model(model.hf),
+    }
+
+
+def _build(description: dict[str, Any]) -> HfBertForMaskedLM:
+    wrapper = HfBertForMaskedLM(hf_model=build_hf_model(description["hf"]))
+    if description.get("bert_config") is not None:
+        wrapper.config = BertConfig(**description["bert_config"])
+    return wrapper
+
+
+register_architecture(
+    HfBertForMaskedLM,
+    "plprune.HfBertForMaskedLM",
+    describe=_describe,
+    build=_build,
+    example_inputs=lambda description: hf_example_inputs(description["hf"]),
+)

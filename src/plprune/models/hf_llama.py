@@ -27,6 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
+from plprune.models.architecture import (
+    build_hf_model,
+    describe_hf_model,
+    hf_example_inputs,
+    register_architecture,
+)
 from plprune.models.hf_import import require_transformers
 from plprune.validation import check_bool, check_positive_float, check_positive_int, check_probability
 
@@ -185,3 +191,27 @@ def _check_labels(input_ids: Tensor, labels: Tensor) -> None:
     if not isinstance(labels, Tensor) or labels.shape != input_ids.shape:
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
         raise PlpruneError(f"labels shape {shape} != input_ids shape {tuple(input_ids.shape)}")
+
+
+# -- export: the family as data (plprune.models.architecture) -------------------------------------------
+def _describe(model: HfLlamaForCausalLM) -> dict[str, Any]:
+    return {
+        "llama_config": model.config.to_dict() if model.config is not None else None,
+        "hf": describe_hf_model(model.hf),
+    }
+
+
+def _build(description: dict[str, Any]) -> HfLlamaForCausalLM:
+    llama = HfLlamaForCausalLM(hf_model=build_hf_model(description["hf"]))
+    if description.get("llama_config") is not None:
+        llama.config = CausalLmConfig(**description["llama_config"])
+    return llama
+
+
+register_architecture(
+    HfLlamaForCausalLM,
+    "plprune.HfLlamaForCausalLM",
+    describe=_describe,
+    build=_build,
+    example_inputs=lambda description: hf_example_inputs(description["hf"]),
+)

@@ -22,10 +22,13 @@ for CIFAR ResNets (e.g. Li et al. 2017, "Pruning Filters for Efficient ConvNets"
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
+from plprune.models.architecture import register_architecture
 from plprune.models.filters import (
     ConvBN,
     GatedConvBN,
@@ -116,3 +119,14 @@ class ResNet(nn.Module):
         """Logits ``(N, num_classes)`` of inputs ``(N, in_channels, L)`` or ``(N, in_channels, H, W)``."""
         check_input_shape(x, self.in_channels, self.dims, f"ResNet-{self.depth}")
         return self.classifier(global_average_pool(self.blocks(self.stem(x))))
+
+
+# -- export: the family as data (plprune.models.architecture) -------------------------------------------
+def _describe(model: ResNet) -> dict[str, Any]:
+    args = {k: getattr(model, k) for k in ("depth", "width_multiplier", "in_channels", "num_classes")}
+    return {"args": {**args, "dims": model.dims}}
+
+
+register_architecture(
+    ResNet, "plprune.ResNet", describe=_describe, build=lambda description: ResNet(**description["args"])
+)

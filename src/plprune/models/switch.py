@@ -49,6 +49,7 @@ curvature code falls back to its per-sample loop).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -58,7 +59,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
-from plprune.models.bert import BertConfig, BertForMaskedLM, MaskedLMOutput
+from plprune.models.architecture import register_architecture, register_trace_check
+from plprune.models.bert import BertConfig, BertForMaskedLM, MaskedLMOutput, bert_example_inputs
 from plprune.validation import check_non_negative_float, check_positive_float, check_positive_int
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "SwitchFeedForward",
     "SwitchForMaskedLM",
     "SwitchMaskedLMOutput",
+    "check_every_expert_is_traced",
 ]
 
 
@@ -322,3 +325,44 @@ class SwitchForMaskedLM(BertForMaskedLM):
             return SwitchMaskedLMOutput(logits=output.logits, loss=None, mlm_loss=None, aux_loss=aux)
         loss = output.loss + self.switch_config.aux_loss_weight * aux
         return SwitchMaskedLMOutput(logits=output.logits, loss=loss, mlm_loss=output.loss, aux_loss=aux)
+
+
+# -- export: the family as data (plprune.models.architecture) -------------------------------------------
+def _describe(model: SwitchForMaskedLM) -> dict:
+    return {
+        "bert_config": model.config.to_dict(),
+        "switch_config": dataclasses.asdict(model.switch_config),
+    }
+
+
+def _build(description: dict) -> SwitchForMaskedLM:
+    return SwitchForMaskedLM(
+        BertConfig(**description["bert_config"]), SwitchConfig(**description["switch_config"])
+    )
+
+
+def check_every_expert_is_traced(model: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+    """Tracing records only the experts the example batch reaches (a Switch layer skips an expert with no
+    token): refuse an example that leaves one out, instead of an ONNX graph without it."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, SwitchFeedForward)]
+    if not layers:
+        return
+    with torch.no_grad():
+        model(*inputs)
+    for name, layer in layers:
+        idle = (layer.last_expert_counts == 0).nonzero().flatten().tolist()
+        if idle:
+            raise PlpruneError(
+                f"ONNX export traces the MoE routing with the example inputs, which send no token to experts "
+                f"{idle} of {name}: the ONNX graph would leave them out. Pass a larger example_inputs batch"
+            )
+
+
+register_architecture(
+    SwitchForMaskedLM,
+    "plprune.SwitchForMaskedLM",
+    describe=_describe,
+    build=_build,
+    example_inputs=bert_example_inputs,
+)
+register_trace_check(check_every_expert_is_traced)

@@ -15,10 +15,13 @@ go 8→4→2→1 and the last two pools are skipped; CIFAR (32×32) uses all fiv
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
+from plprune.models.architecture import register_architecture
 from plprune.models.filters import (
     GatedConvBN,
     check_dims,
@@ -94,3 +97,36 @@ class VGG(nn.Module):
         """Logits ``(N, num_classes)`` of inputs ``(N, in_channels, L)`` or ``(N, in_channels, H, W)``."""
         check_input_shape(x, self.in_channels, self.dims, "VGG")
         return self.classifier(global_average_pool(self.features(x)))
+
+
+# -- export: the family as data (plprune.models.architecture) -------------------------------------------
+def _describe(model: VGG) -> dict[str, Any]:
+    """The constructor arguments; a custom ``cfg`` is recorded as its actual widths at width 1."""
+    widths: list[int | str] = []
+    for layer in model.features:
+        if isinstance(layer, MaxPoolIfLarger):
+            widths.append("M")
+        elif isinstance(layer, GatedConvBN):
+            widths.append(int(layer.conv.out_channels))
+        else:
+            raise PlpruneError(f"cannot describe a VGG with a {type(layer).__name__} in its features")
+    args: dict[str, Any] = {
+        "width_multiplier": model.width_multiplier,
+        "in_channels": model.in_channels,
+        "num_classes": model.num_classes,
+        "dims": model.dims,
+    }
+    default = [c if c == "M" else scale_channels(c, model.width_multiplier, "") for c in VGG16_CFG]
+    if widths != default:  # a custom cfg: record the actual widths at width 1
+        args.update(width_multiplier=1.0, cfg=widths)
+    return {"args": args}
+
+
+def _build(description: dict[str, Any]) -> VGG:
+    args = dict(description["args"])
+    if "cfg" in args:
+        args["cfg"] = tuple(args["cfg"])
+    return VGG(**args)
+
+
+register_architecture(VGG, "plprune.VGG", describe=_describe, build=_build)
