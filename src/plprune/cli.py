@@ -387,7 +387,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from plprune.export import export_run
+    from plprune.run_export import export_run
 
     out, manifest, note = export_run(args.run_dir, format=args.format, out=args.out, force=args.force)
     print(f"{args.run_dir}: {note}")
