@@ -4,6 +4,8 @@
     plprune.scorers.Random()               # the sanity floor
     plprune.scorers.IMP(rewind_step=60)    # magnitude + weight rewinding (brings its rewinder)
     plprune.scorers.SNIP(batches=4)        # ... GradScore, GraSP, Magnitude, FPGM, CHIP, DPFPS
+    plprune.scorers.Taylor(batches=4)      # LLM pruning (heads, neurons): LLM-Pruner's Taylor, FLAP (with
+    plprune.scorers.FLAP(), WandaSP()      # bias compensation), Wanda-sp; Magnitude is Torch-Pruning's
     plprune.scorers.Proximal("scad", strength=0.05, a=3.7)   # the sparse-DNN course's methods on groups:
     plprune.scorers.TrimmedL1(), GSM(), L0Gates(), ContinuousSparsification()   # docs/sparsity.md
 
@@ -17,6 +19,7 @@ from typing import Any
 
 from plprune.pruners.chip import CHIPScorer as CHIP  # noqa: N814
 from plprune.pruners.dpfps import DPFPSScorer as DPFPS  # noqa: N814
+from plprune.pruners.flap import FLAPScorer as FLAP  # noqa: N814
 from plprune.pruners.fpgm import FPGMScorer as FPGM  # noqa: N814
 from plprune.pruners.grasp import GraspScorer as GraSP
 from plprune.pruners.magnitude import MagnitudeScorer as Magnitude
@@ -26,6 +29,8 @@ from plprune.pruners.rewind import IMPScorer as IMP  # noqa: N814
 from plprune.pruners.sensitivity import GateSensitivityScorer as GradScore
 from plprune.pruners.snip import SnipScorer as SNIP  # noqa: N814
 from plprune.pruners.sparsity_methods import SparsityScorer
+from plprune.pruners.taylor import TaylorScorer as Taylor
+from plprune.pruners.wanda_sp import WandaSPScorer as WandaSP
 from plprune.sparsity.continuous import ContinuousSparsificationMethod
 from plprune.sparsity.gsm import GSMMethod
 from plprune.sparsity.hard_concrete import HardConcreteMethod
@@ -35,6 +40,7 @@ from plprune.sparsity.trimmed_l1 import TrimmedL1Method
 __all__ = [
     "CHIP",
     "DPFPS",
+    "FLAP",
     "FPGM",
     "GSM",
     "IMP",
@@ -47,7 +53,9 @@ __all__ = [
     "Magnitude",
     "Proximal",
     "Random",
+    "Taylor",
     "TrimmedL1",
+    "WandaSP",
 ]
 
 
