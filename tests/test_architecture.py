@@ -29,8 +29,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("plprune.pruner", "plprune.weight_pruner", "plprune.scorers", "plprune.export", "plprune.export_onnx"),
     ("plprune.train", "plprune.tasks", "plprune.integrations"),
     # the run-level glue: configs, named tasks built from a config, the runner, reading run directories for
-    # export (run_export), benchmarks, CLI
-    ("plprune.run_config", "plprune.tasks.registry", "plprune.runner", "plprune.run_export", "plprune.bench"),
+    # export (run_export), benchmarks, compress (a trained model in, a smaller one out), CLI
+    ("plprune.run_config", "plprune.tasks.registry", "plprune.runner", "plprune.run_export", "plprune.bench")
+    + ("plprune.compress",),
     ("plprune.cli",),
     ("plprune",),  # the package root re-exports the public API
 ]

@@ -402,6 +402,43 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    from plprune.compress import CompressSettings, compress
+
+    if args.kinds is None:
+        args.kinds = ("head", "neuron")
+    settings = CompressSettings(
+        model_dir=args.model_dir,
+        data=args.data,
+        out=args.out,
+        kinds=args.kinds,
+        keep_params=args.keep_params,
+        kind_ratios=args.kind_ratios or {},
+        method=args.method,
+        allocation=args.allocation,
+        tokenizer=args.tokenizer,
+        eval_data=args.eval_data,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        calibration_samples=args.calibration_samples,
+        eval_samples=args.eval_samples,
+        recover_steps=args.recover_steps,
+        recovery=args.recovery,
+        recover_lr=args.recover_lr,
+        lora_rank=args.lora_rank,
+        latency_repeats=args.latency_repeats,
+        seed=args.seed,
+        device=args.device,
+        force=args.force,
+        resume=args.resume,
+        progress=False if args.no_progress else None,
+    )
+    report = compress(settings)
+    print((args.out / "report.md").read_text(encoding="utf-8"))
+    print(f"compressed model written to {args.out}/ ({report['stages']['save']['format']})")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from plprune.bench.report import write_report
 
@@ -540,7 +577,48 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, help="output directory (default RUN_DIR/export)")
     export.add_argument("--force", action="store_true", help="replace an existing output directory")
     export.set_defaults(handler=cmd_export)
+    _add_compress_parser(sub)
     return parser
+
+
+def _add_compress_parser(sub: Any) -> None:
+    compress = sub.add_parser(
+        "compress",
+        help="prune a trained model directory into a smaller, faster one (calibrate, prune, recover)",
+        description="Load a save_pretrained directory (causal or masked LM) or a plprune export, measure its "
+        "held-out perplexity, score its heads/neurons on calibration text with a criterion, remove the "
+        "lowest-scored ones to meet the target, compact, optionally fine-tune (--recover-steps), and "
+        "write OUT "
+        "(from_pretrained-loadable where the config can describe the result, else a plprune export) with "
+        "report.md/report.json and a plot. See docs/compress.md.",
+    )
+    compress.add_argument("model_dir", type=Path, help="the trained model (a save_pretrained directory)")
+    compress.add_argument("--data", type=Path, required=True, help="UTF-8 text for calibration and recovery")
+    compress.add_argument("--out", type=Path, required=True, help="output directory (appears when complete)")
+    compress.add_argument("--eval-data", type=Path, help="held-out text (default: the tail of --data)")
+    compress.add_argument("--tokenizer", type=Path, help="tokenizer directory or plprune tokenizer file")
+    compress.add_argument("--kinds", type=_kinds, help="group kinds, e.g. head,neuron (default head,neuron)")
+    compress.add_argument("--keep-params", type=float, help="fraction of parameters to keep, e.g. 0.7")
+    compress.add_argument("--kind-ratios", type=_kind_ratios, help="fixed ratio per kind, e.g. head=0.5")
+    compress.add_argument("--method", default="pl", help="criterion (default pl; see plprune train --help)")
+    compress.add_argument(
+        "--allocation", default="per_layer", help="per_layer (default: from_pretrained-loadable) or global"
+    )
+    compress.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    compress.add_argument("--batch-size", type=int, default=8, help="sequences per batch (default 8)")
+    compress.add_argument("--calibration-samples", type=int, default=128, help="calibration sequences (128)")
+    compress.add_argument("--eval-samples", type=int, default=64, help="held-out sequences (default 64)")
+    compress.add_argument("--recover-steps", type=int, default=0, help="fine-tuning steps after pruning (0)")
+    compress.add_argument("--recovery", choices=("full", "lora"), default="full", help="default full")
+    compress.add_argument("--recover-lr", type=float, default=1e-4, help="recovery learning rate (1e-4)")
+    compress.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default 8)")
+    compress.add_argument("--latency-repeats", type=int, default=5, help="timed rounds per batch size (5)")
+    compress.add_argument("--seed", type=int, default=0, help="calibration sample and scorer seed (0)")
+    compress.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    compress.add_argument("--force", action="store_true", help="replace OUT (and any unfinished work)")
+    compress.add_argument("--resume", action="store_true", help="continue an interrupted compress")
+    compress.add_argument("--no-progress", action="store_true", help="no progress bars")
+    compress.set_defaults(handler=cmd_compress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

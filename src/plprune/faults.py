@@ -12,7 +12,8 @@ the ``N``-th time this process reaches ``POINT``. Points:
 - ``checkpoint-digest``: the new checkpoint is in place, its ``.sha256`` is not yet written;
 - ``checkpoint-done``: the checkpoint and its checksum are written;
 - ``prune-start``: a pruning event is due, nothing of it has run;
-- ``prune-logged``: the event's mask is applied and its line appended to ``pruning.jsonl``.
+- ``prune-logged``: the event's mask is applied and its line appended to ``pruning.jsonl``;
+- ``compress-stage``: a ``plprune compress`` stage is finished and recorded in its ``state.json``.
 
 Unset (always, outside tests), :func:`kill_point` returns at once.
 """
@@ -32,6 +33,7 @@ POINTS = (
     "checkpoint-done",
     "prune-start",
     "prune-logged",
+    "compress-stage",
 )
 
 _reached: Counter[str] = Counter()
