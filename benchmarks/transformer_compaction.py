@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import plprune
-from plprune.bench.latency import summarize_rounds, time_rounds
+from plprune.bench.harness import summarize_rounds, time_rounds
 
 SEQ = 128
 VOCAB = 8192
