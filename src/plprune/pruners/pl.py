@@ -31,13 +31,17 @@ in H). The Pruner broadcasts rank 0's final gates.
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
 
 import plprune.distributed as dist
-from plprune.curvature import compute_group_features, hutchinson_trace
+from plprune.curvature import KernelFeatures, hutchinson_trace, kernel_features, per_sample_gradients
+from plprune.curvature.ntk import batched_group_kernels
 from plprune.errors import PlpruneError, TrainingDivergedError
 from plprune.exact_norms import exact_norms
 from plprune.gating import GatingNetwork, standardise_columns
@@ -56,6 +60,27 @@ from plprune.validation import (
 HESSIAN_SCALARS = ("loss", "logits")
 FEATURE_SETS = ("both", "min_eigenvalue", "entropy", "shuffled")
 KERNEL_FEATURES = ("log_min_eigenvalue", "entropy")
+#: where an event's time goes, logged as ``seconds`` in every event's record (docs/pl-method.md "PL's cost")
+STAGES = (
+    "feature_batch",  # the kernel samples (gathered from every rank when data-parallel)
+    "per_sample_gradients",  # J: one gradient per kernel sample (Sec. 3.2.2)
+    "kernels",  # K_i = J_i J_iᵀ of every group, batched
+    "eigenvalues",  # one batched eigvalsh → (λ_min, ρ)
+    "gate_loss",  # gate training: forward + loss at the soft gates, every batch
+    "hessian_trace",  # gate training: Hutchinson's zᵀHz with create_graph (double backward), every batch
+    "gate_backward",  # gate training: third-order backward to the gating network + Adam, every batch
+    "probe_noise",  # the optional Hutchinson-noise measurement (probe_check)
+)
+
+
+@contextmanager
+def _stage(seconds: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of the block to ``seconds[name]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] += time.perf_counter() - started
 
 
 @dataclass
@@ -65,6 +90,12 @@ class PLConfig:
     alpha: float = field(default=1.0, metadata={"help": "weight of the Hessian-trace term (1, Alg. 2)"})
     gate_steps: int = field(default=10, metadata={"help": "gating-network training batches per event (10)"})
     gate_lr: float = field(default=0.05, metadata={"help": "gating-network learning rate (default 0.05)"})
+    # cost knob (docs/pl-method.md "PL's cost"): gate training is ~90% of an event and its cost grows with
+    # the samples of each batch; None = the task's whole training batch (the paper)
+    gate_batch_size: int | None = field(
+        default=None,
+        metadata={"type": int, "help": "samples of each gate-training batch (default: the whole batch)"},
+    )
     gate_hidden: int = 16
     num_probes: int = field(default=1, metadata={"help": "Hutchinson probes per batch (default 1)"})
     probe_distribution: str = "rademacher"
@@ -92,6 +123,8 @@ class PLConfig:
         check_non_negative_float("alpha", self.alpha)
         check_non_negative_int("gate_steps", self.gate_steps)
         check_positive_float("gate_lr", self.gate_lr)
+        if self.gate_batch_size is not None:
+            check_positive_int("gate_batch_size", self.gate_batch_size)
         check_positive_int("gate_hidden", self.gate_hidden)
         check_positive_int("num_probes", self.num_probes)
         check_choice("probe distribution", self.probe_distribution, ("rademacher", "gaussian"))
@@ -223,22 +256,39 @@ class PLScorer(GroupScorer):
             )
         return per_epoch
 
+    def _gate_batch(self, context: PruneContext, b: int) -> tuple[Tensor, ...]:
+        """Gate-training batch ``b``: the task's training batch at ``step + b``, its first ``gate_batch_size``
+        samples when set (each rank's shard when data-parallel)."""
+        batch = context.task.train_batch(context.step + b)
+        size = self.config.gate_batch_size
+        return batch if size is None else tuple(t[:size] for t in batch)
+
+    def _features(self, context: PruneContext, seconds: dict[str, float]) -> KernelFeatures:
+        """``compute_group_features`` (Sec. 3.2.2) in its three stages, each timed into ``seconds``."""
+        cfg, model, groups = self.config, context.model, context.groups.groups
+        with _stage(seconds, "feature_batch"):
+            batch = self._feature_batch(context)
+        names = list(dict.fromkeys(s.param_name for g in groups for s in g.slices))
+        output_fn = functools.partial(context.task.per_sample_output, kind=cfg.kernel_output)
+        with _stage(seconds, "per_sample_gradients"):
+            grads = per_sample_gradients(model, output_fn, batch, params=names, chunk_size=cfg.chunk_size)
+        with _stage(seconds, "kernels"):
+            kernels = batched_group_kernels(grads, groups)
+        del grads
+        with _stage(seconds, "eigenvalues"):
+            return kernel_features(kernels)
+
     def scores(self, context: PruneContext) -> Tensor:
         cfg = self.config
         model, groups = context.model, context.groups
+        seconds = dict.fromkeys(STAGES, 0.0)
         extra, extra_names = self.extra_features(context)  # other criteria score in their own modes
         # exact third derivatives: plain-op norms, eager attention (foreign models; plprune.exact_norms)
         with exact_norms(model):
             was_training = model.training
             model.eval()  # no dropout: features and the gate objective are deterministic
             try:
-                features = compute_group_features(
-                    model,
-                    groups.groups,
-                    functools.partial(context.task.per_sample_output, kind=cfg.kernel_output),
-                    self._feature_batch(context),
-                    chunk_size=cfg.chunk_size,
-                )
+                features = self._features(context, seconds)
                 raw = torch.cat([features.as_matrix().double().cpu(), extra.double().cpu()], dim=1)
                 inputs = self._gate_inputs(context, raw)
                 with torch.random.fork_rng():  # leave the training RNG stream untouched
@@ -258,25 +308,29 @@ class PLScorer(GroupScorer):
                 skipped = 0
                 gate_batches = self._gate_batches(context)
                 for b in range(gate_batches):
-                    batch = context.task.train_batch(context.step + b)
+                    started = time.perf_counter()
+                    batch = self._gate_batch(context, b)
                     gates = net(inputs)
                     with groups.soft_gates(gates.to(weights[0].dtype)):
                         loss = context.task.loss(model, batch)
                         trace = None
                         objective = loss
+                        seconds["gate_loss"] += time.perf_counter() - started
                         if cfg.alpha > 0:  # α = 0: loss-only gate training, no Hessian work at all
-                            scalar = _hessian_scalar(cfg.hessian_scalar, context, batch, loss)
-                            if context.distributed and cfg.hessian_scalar == "logits":
-                                scalar = scalar * dist.world_size()  # a sum: ranks' mean × W = global sum
-                            trace = hutchinson_trace(
-                                scalar,
-                                weights,
-                                num_probes=cfg.num_probes,
-                                distribution=cfg.probe_distribution,
-                                generator=probes,
-                                create_graph=True,
-                            )
-                            objective = loss + cfg.alpha * trace.mean
+                            with _stage(seconds, "hessian_trace"):
+                                scalar = _hessian_scalar(cfg.hessian_scalar, context, batch, loss)
+                                if context.distributed and cfg.hessian_scalar == "logits":
+                                    scalar = scalar * dist.world_size()  # a sum: ranks' mean × W = global sum
+                                trace = hutchinson_trace(
+                                    scalar,
+                                    weights,
+                                    num_probes=cfg.num_probes,
+                                    distribution=cfg.probe_distribution,
+                                    generator=probes,
+                                    create_graph=True,
+                                )
+                                objective = loss + cfg.alpha * trace.mean
+                    started = time.perf_counter()
                     finite = bool(torch.isfinite(objective))
                     if context.distributed:
                         finite = dist.all_true(finite)  # the ranks skip together or step together
@@ -293,13 +347,17 @@ class PLScorer(GroupScorer):
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     history.append({"loss": float(logged[0]), "trace": float(logged[1])})
+                    seconds["gate_backward"] += time.perf_counter() - started
                 if gate_batches and skipped == gate_batches:
                     raise TrainingDivergedError(
                         "every gate-training batch gave a NaN/Inf objective; lower --alpha or --gate-lr"
                     )
                 with torch.no_grad():
                     final_gates = net(inputs).float()
-                noise = self._probe_noise(context, final_gates, history) if cfg.alpha > 0 else None
+                noise = None
+                if cfg.alpha > 0 and cfg.probe_check > 0:
+                    with _stage(seconds, "probe_noise"):
+                        noise = self._probe_noise(context, final_gates, history)
             finally:
                 groups.clear_soft_gates()
                 model.train(was_training)
@@ -322,6 +380,7 @@ class PLScorer(GroupScorer):
             },
             probe_noise=noise,
             pl_config=asdict(cfg),
+            seconds=seconds,
         )
         return final_gates
 

@@ -1,0 +1,306 @@
+"""What one PL pruning event costs, in seconds and in training steps of the same model and batch (issue 22).
+
+For heads (plprune BERT on WikiText-2, 8 / 32 / 96 heads), feed-forward neurons (the same BERT, 512 /
+2,048 / 8,192 neurons) and convolution filters (VGG-16 on MNIST-1D, 528 / 1,056 / 2,112 filters), each model
+built as its ``plprune train`` task builds it (vocabulary, sequence length 128 and batch 16 for BERT, batch
+32 for VGG):
+
+1. ``--warm-steps`` training steps (the task's optimizer), then the median of ``--step-rounds`` timed steps
+   (zero_grad, forward, backward, gradient clipping when the task clips, optimizer step): the step time;
+2. one PL event (``Pruner.step``, one-shot ``--ratio``) with the defaults and the curvature diagnostics on,
+   the default before the diagnostics became opt-in: ``scoring_seconds`` (features + gate training + keep
+   rule), ``diagnostics_seconds`` (NTK condition number and Hessian trace, before and after) and the PL
+   record's per-stage ``seconds`` (:data:`plprune.pruners.pl.STAGES`). Before = scoring + diagnostics,
+   after = scoring (diagnostics off); the scoring code did not change (docs/pl-method.md "PL's cost");
+3. the cost knob: the same event (same model state, same seed) with fewer / smaller gate-training batches or
+   fewer kernel samples; each variant's scoring seconds and how its mask agrees with the default's
+   (pruned groups in common / pruned groups; Spearman correlation of the gates).
+
+All timings in one process, one torch thread unless ``--threads``; the step time is measured right before
+the events, so the step equivalents are paired ratios. Writes ``OUT/pl_cost.json``, ``OUT/RESULTS.md`` and
+``OUT/pl_cost.png`` (log-log: event cost in steps vs number of groups).
+
+Run: ``.venv/bin/python benchmarks/pl_cost.py --out benchmarks/results/pl_cost`` (``--setups heads-32`` for
+one; ``--plot-only`` redraws from the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import plprune
+from plprune.gates import GroupSet
+from plprune.pruners.base import Diagnostics
+from plprune.pruners.pl import PLConfig, PLScorer, spearman
+from plprune.run_config import RunConfig
+from plprune.tasks.registry import TASK_DEFAULTS, build_task
+from plprune.train.loop import build_optimizer
+
+DATA = "/work/shared/data/wikitext-2"
+BERT = {"task": "bert-wikitext2", "data": {"data_dir": DATA}}
+VGG = {"task": "vgg-mnist1d", **TASK_DEFAULTS["vgg-mnist1d"]}
+# name -> (kind, raw run config)
+SETUPS: dict[str, tuple[str, dict[str, Any]]] = {
+    "heads-8": ("head", {**BERT, "model": {"layers": 2, "heads": 4}}),
+    "heads-32": ("head", {**BERT, "model": {"layers": 4, "heads": 8}}),
+    "heads-96": ("head", {**BERT, "model": {"layers": 6, "heads": 16}}),
+    "neurons-512": ("neuron", {**BERT, "model": {"layers": 4, "ffn": 128}}),
+    "neurons-2048": ("neuron", {**BERT, "model": {"layers": 4, "ffn": 512}}),
+    "neurons-8192": ("neuron", {**BERT, "model": {"layers": 4, "ffn": 2048}}),
+    "filters-528": ("filter", {**VGG, "model": {"width_multiplier": 0.125}}),
+    "filters-1056": ("filter", {**VGG, "model": {"width_multiplier": 0.25}}),
+    "filters-2112": ("filter", {**VGG, "model": {"width_multiplier": 0.5}}),
+}
+# cost-knob variants: PL settings that differ from the defaults
+KNOBS: dict[str, dict[str, Any]] = {
+    "defaults, seed 1": {"seed": 1},  # the agreement a different seed gives (gate init, probes)
+    "gate_steps=3": {"gate_steps": 3},
+    "gate_batch_size=4": {"gate_batch_size": 4},
+    "gate_steps=3, gate_batch_size=4": {"gate_steps": 3, "gate_batch_size": 4},
+    "gate_steps=2, gate_batch_size=4": {"gate_steps": 2, "gate_batch_size": 4},
+    "feature_samples=8": {"feature_samples": 8},
+}
+
+
+def build(raw: dict[str, Any], kind: str) -> tuple[torch.nn.Module, Any, RunConfig, GroupSet]:
+    config = RunConfig.from_dict(copy.deepcopy(raw))
+    model, task = build_task(config, Path("/tmp/pl_cost_run"))
+    example = (task.train_batch(0)[0][:2],) if kind == "filter" else None
+    return model, task, config, GroupSet(model, kinds=(kind,), example_inputs=example)
+
+
+def train_steps(
+    model: torch.nn.Module, task: Any, config: RunConfig, optimizer: Any, steps: range
+) -> list[float]:
+    """Training steps as the trainer takes them (no evaluation); the seconds of each."""
+    model.train()
+    seconds = []
+    for step in steps:
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        task.loss(model, task.train_batch(step)).backward()
+        if config.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+        optimizer.step()
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def event(
+    model: torch.nn.Module,
+    task: Any,
+    kind: str,
+    groups_example: GroupSet,
+    settings: dict[str, Any],
+    ratio: float,
+    step: int,
+    diagnostics: bool,
+) -> dict[str, Any]:
+    """One PL event on a copy of the model (the caller's model and its groups stay untouched)."""
+    settings = dict(settings)
+    seed = settings.pop("seed", 0)
+    clone = copy.deepcopy(model)
+    example = groups_example.example_inputs
+    groups = GroupSet(clone, kinds=(kind,), example_inputs=example)
+    pruner = plprune.Pruner(
+        clone,
+        PLScorer(PLConfig(**settings)),
+        plprune.OneShot(step, ratio),
+        groups=groups,
+        task=task,
+        diagnostics=Diagnostics() if diagnostics else None,
+        seed=seed,
+    )
+    record = pruner.step(step)[0]
+    groups.remove_hooks()
+    keys = ("scoring_seconds", "diagnostics_seconds", "seconds", "mask", "gates")
+    return {k: record[k] for k in keys}
+
+
+def agreement(mask: list[bool], reference: list[bool]) -> float:
+    """Pruned groups in common / pruned groups of the reference."""
+    pruned = {i for i, m in enumerate(reference) if not m}
+    common = {i for i, m in enumerate(mask) if not m} & pruned
+    return len(common) / max(1, len(pruned))
+
+
+def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    kind, raw = SETUPS[name]
+    torch.manual_seed(0)
+    model, task, config, groups = build(raw, kind)
+    optimizer = build_optimizer(model, config.train)
+    train_steps(model, task, config, optimizer, range(args.warm_steps))
+    step = args.warm_steps
+    step_seconds = train_steps(model, task, config, optimizer, range(step, step + args.step_rounds))
+    step_s = statistics.median(step_seconds)
+    out: dict[str, Any] = {
+        "kind": kind,
+        "groups": len(groups),
+        "batch": int(task.train_batch(0)[0].shape[0]),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "step_s": step_s,
+        "step_s_all": step_seconds,
+    }
+    default = event(model, task, kind, groups, {}, args.ratio, step, diagnostics=True)
+    out["default"] = {
+        "scoring_s": default["scoring_seconds"],
+        "diagnostics_s": default["diagnostics_seconds"],
+        "stages_s": default["seconds"],
+        "before_steps": (default["scoring_seconds"] + default["diagnostics_seconds"]) / step_s,
+        "after_steps": default["scoring_seconds"] / step_s,
+    }
+    gates = torch.tensor(default["gates"], dtype=torch.float64)
+    knobs = {}
+    for label, settings in KNOBS.items() if not args.no_knobs else ():
+        result = event(model, task, kind, groups, settings, args.ratio, step, diagnostics=False)
+        knobs[label] = {
+            "scoring_s": result["scoring_seconds"],
+            "steps": result["scoring_seconds"] / step_s,
+            "stages_s": result["seconds"],
+            "mask_agreement": agreement(result["mask"], default["mask"]),
+            "gate_spearman": spearman(torch.tensor(result["gates"], dtype=torch.float64), gates),
+        }
+    out["knobs"] = knobs
+    groups.remove_hooks()
+    after = train_steps(model, task, config, optimizer, range(step, step + args.step_rounds))
+    out["step_s_after_events"] = statistics.median(after)  # drift check: the machine is shared
+    return out
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    colours = {"head": "tab:blue", "neuron": "tab:orange", "filter": "tab:green"}
+    cheap = "gate_steps=2, gate_batch_size=4"
+    for kind, colour in colours.items():
+        rows = sorted((r for r in results["setups"].values() if r["kind"] == kind), key=lambda r: r["groups"])
+        if not rows:
+            continue
+        x = [r["groups"] for r in rows]
+        ax.plot(x, [r["default"]["before_steps"] for r in rows], "--o", color=colour, alpha=0.5,
+                label=f"{kind}s: before (defaults + diagnostics)")  # fmt: skip
+        ax.plot(x, [r["default"]["after_steps"] for r in rows], "-o", color=colour,
+                label=f"{kind}s: after (defaults)")  # fmt: skip
+        if all(cheap in r["knobs"] for r in rows):
+            ax.plot(x, [r["knobs"][cheap]["steps"] for r in rows], ":s", color=colour,
+                    label=f"{kind}s: {cheap}")  # fmt: skip
+    ax.axhline(10, color="grey", lw=0.8)
+    ax.axhline(30, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("groups in the model")
+    ax.set_ylabel("one PL event, in training steps")
+    ax.set_title(f"PL event cost ({results['meta']['threads']} thread(s); lines at 10 and 30 steps)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    lines = [
+        "# PL's cost per pruning event (issue 22)",
+        "",
+        f"torch {meta['torch']}, {meta['threads']} thread(s), {meta['machine']}; {meta['note']}",
+        f"Command: `{meta['command']}`",
+        "",
+        "## Event cost, before and after (one-shot event, PL defaults)",
+        "",
+        "Before: scoring + curvature diagnostics (on by default then); after: scoring (diagnostics opt-in).",
+        "",
+        "| setup | groups | step s | scoring s | diagnostics s | before, steps | after, steps |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results["setups"].items():
+        d = r["default"]
+        lines.append(
+            f"| {name} | {r['groups']} | {r['step_s']:.3f} | {d['scoring_s']:.2f} | {d['diagnostics_s']:.2f} "
+            f"| {d['before_steps']:.1f} | {d['after_steps']:.1f} |"
+        )
+    lines += ["", "## Where the scoring time goes (seconds, PL defaults)", ""]
+    stages = list(next(iter(results["setups"].values()))["default"]["stages_s"])
+    lines.append("| setup | " + " | ".join(stages) + " |")
+    lines.append("|---|" + "---:|" * len(stages))
+    for name, r in results["setups"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{r['default']['stages_s'][s]:.3f}" for s in stages) + " |")
+    lines += [
+        "",
+        "## The cost knob: scoring in steps, agreement with the default mask",
+        "",
+        "Agreement: pruned groups in common with the default event's / pruned groups; ρ: Spearman of gates.",
+        "",
+    ]
+    knobs = [k for k in KNOBS if any(k in r["knobs"] for r in results["setups"].values())]
+    lines.append("| setup | default, steps | " + " | ".join(knobs) + " |")
+    lines.append("|---|---:|" + "---|" * len(knobs))
+    for name, r in results["setups"].items():
+        cells = [
+            f"{r['knobs'][k]['steps']:.1f} steps, {100 * r['knobs'][k]['mask_agreement']:.0f}%, "
+            f"ρ {r['knobs'][k]['gate_spearman']:.2f}"
+            if k in r["knobs"]
+            else "-"
+            for k in knobs
+        ]
+        lines.append(f"| {name} | {r['default']['after_steps']:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--setups", default=",".join(SETUPS), help="comma-separated names of SETUPS")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warm-steps", type=int, default=30)
+    parser.add_argument("--step-rounds", type=int, default=5)
+    parser.add_argument("--ratio", type=float, default=0.5)
+    parser.add_argument("--no-knobs", action="store_true", help="only the default event")
+    parser.add_argument("--note", default="", help="e.g. whether the machine was loaded")
+    parser.add_argument("--plot-only", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "pl_cost.json"
+    if args.plot_only:
+        results = json.loads(path.read_text())
+    else:
+        torch.set_num_threads(args.threads)
+        results = json.loads(path.read_text()) if path.exists() else {"setups": {}}
+        results["meta"] = {
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "machine": platform.platform(),
+            "note": args.note,
+            "command": "python benchmarks/pl_cost.py --out OUT "
+            + f"--threads {args.threads} --warm-steps {args.warm_steps} --step-rounds {args.step_rounds}",
+        }
+        for name in args.setups.split(","):
+            if name not in SETUPS:
+                raise SystemExit(f"unknown setup {name!r}; known: {', '.join(SETUPS)}")
+            started = time.perf_counter()
+            results["setups"][name] = measure(name, args)
+            r = results["setups"][name]
+            print(f"{name}: {r['groups']} groups, step {r['step_s']:.3f} s, event before "
+                  f"{r['default']['before_steps']:.1f} / after {r['default']['after_steps']:.1f} steps "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
+            results["setups"] = {k: results["setups"][k] for k in SETUPS if k in results["setups"]}
+            path.write_text(json.dumps(results, indent=1))
+    (args.out / "RESULTS.md").write_text(report(results))
+    plot(results, args.out / "pl_cost.png")
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()
