@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from plprune.errors import PlpruneError
 from plprune.groups import GROUP_KINDS, GateSite, Group, check_kinds
-from plprune.keep import check_even, check_protection
+from plprune.keep import check_even, check_protection, prune_count
 from plprune.keep import check_ratio as check_kind_ratio
 
 
@@ -153,12 +153,29 @@ class GroupSet:
     def check_ratio(self, ratio: float, kinds: tuple[str, ...] | None = None) -> None:
         """Raise if pruning a fraction ``ratio`` of every kind (or of ``kinds``) would empty a layer."""
         for kind in kinds or self.kinds:
-            check_kind_ratio(ratio, kind, self.layer_ids[self.kind_index(kind)])
+            layer_ids = self.layer_ids[self.kind_index(kind)]
+            if kind == "layer":  # the protection unit of a block is its block list: say so
+                total, lists = len(layer_ids), len(torch.unique(layer_ids))
+                keep = total - prune_count(total, ratio)
+                if keep < lists:
+                    raise PlpruneError(
+                        f"prune ratio {ratio} removes {total - keep} of {total} layers (whole blocks), but "
+                        f"each of the {lists} block lists keeps at least one block; the largest allowed "
+                        f"ratio here is {(total - lists) / total:.3f}"
+                    )
+            check_kind_ratio(ratio, kind, layer_ids)
 
     # -- hard masks ------------------------------------------------------------------------------
     def check_protection(self, mask: Tensor) -> None:
         """Raise if ``mask`` leaves some layer with no group (paper App. E.3)."""
-        check_protection(mask, self.layer_ids, [f"{g.kind} of layer {g.layer}" for g in self.groups])
+        check_protection(mask, self.layer_ids, [self._unit_name(g) for g in self.groups])
+
+    def _unit_name(self, group: Group) -> str:
+        """What a group's protection unit is, for messages ("head of layer 2", "block of block list 0")."""
+        if group.kind == "layer":
+            site = next(s for s in self.sites if s.kind == "layer" and s.layer == group.layer)
+            return f"block (layer) of the block list {site.module_name or '(the model)'}"
+        return f"{group.kind} of layer {group.layer}"
 
     def apply_mask(self, mask: Tensor) -> None:
         """Set the hard mask (``True`` = keep) and zero the weights of pruned groups.

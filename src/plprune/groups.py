@@ -20,8 +20,9 @@ from torch.utils.hooks import RemovableHandle
 
 from plprune.errors import PlpruneError
 
-#: every group kind: attention heads, MoE experts, conv filters, feed-forward neurons (intermediate channels)
-GROUP_KINDS = ("head", "expert", "filter", "neuron")
+#: every group kind: attention heads, MoE experts, conv filters, feed-forward neurons (intermediate channels),
+#: whole transformer blocks (depth pruning)
+GROUP_KINDS = ("head", "expert", "filter", "neuron", "layer")
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,12 @@ class GateSite(ABC):
 
     def set_hard_mask(self, keep: Tensor) -> None:
         self.keep = torch.as_tensor(keep, dtype=torch.bool).clone()
+
+    def removed_modules(self, keep: Tensor) -> list[str]:
+        """Full names of the modules that compacting ``keep`` (one bool per group) deletes whole, e.g. the
+        blocks a :class:`~plprune.sites.layers.LayerSite` removes: the sites inside them need no plan of
+        their own. None by default."""
+        return []
 
     def even_ids(self) -> list[int] | None:
         """Buckets whose groups must keep equal counts (one id per group; :func:`plprune.keep.

@@ -114,11 +114,31 @@ def strip_gate_hooks(model: nn.Module) -> None:
                 module._forward_hooks_always_called.pop(key, None)
 
 
+def removed_modules(groups: GroupSet) -> list[str]:
+    """Full names of the modules the mask of ``groups`` deletes whole (:meth:`GateSite.removed_modules`: the
+    blocks of removed layers)."""
+    out: list[str] = []
+    for site, start, stop in groups.site_ranges():
+        out.extend(site.removed_modules(groups.mask[start:stop]))
+    return out
+
+
+def _inside(name: str, modules: list[str]) -> bool:
+    return any(name == outer or name.startswith(f"{outer}.") for outer in modules)
+
+
 def plan(groups: GroupSet, example_inputs: Any = None) -> list[Op]:
-    """The edits that remove every pruned group of ``groups`` from its model (nothing is applied)."""
+    """The edits that remove every pruned group of ``groups`` from its model (nothing is applied).
+
+    A site inside a module that another site deletes whole (the heads and neurons of a removed layer) needs
+    no plan: it goes with the module. The edits of sites that delete whole modules come last: they renumber
+    their container (``layers.3`` becomes ``layers.2``), and every other edit names modules by the old
+    numbers."""
     for check in _PLAN_CHECKS:
         check(groups)
+    gone = removed_modules(groups)
     ops: list[Op] = []
+    last: list[Op] = []
     for site, start, stop in groups.site_ranges():
         keep = groups.mask[start:stop]
         if not bool(keep.any()):
@@ -126,10 +146,11 @@ def plan(groups: GroupSet, example_inputs: Any = None) -> list[Op]:
                 f"the mask removes every {site.kind} of {site.module_name or 'the model'}: a layer cannot be "
                 "emptied (at least one group per layer is protected)"
             )
-        if bool(keep.all()):
+        if bool(keep.all()) or _inside(site.module_name, gone):
             continue
-        ops.extend(_planner_for(site)(site, keep, groups.model, example_inputs))
-    return ops
+        planned = _planner_for(site)(site, keep, groups.model, example_inputs)
+        (last if site.removed_modules(keep) else ops).extend(planned)
+    return ops + last
 
 
 def _index_twin(model: nn.Module) -> tuple[nn.Module, list[str]]:
@@ -216,7 +237,13 @@ def compact(
     counts = {kind: len(groups.kind_index(kind)) for kind in groups.kinds}
     before = sum(p.numel() for p in model.parameters())
     ops = plan(groups, example_inputs)
-    after_counts = {kind: int(groups.mask[groups.kind_index(kind)].sum()) for kind in groups.kinds}
+    gone = removed_modules(groups)
+    survives = torch.tensor(
+        [not _inside(site.module_name, gone) for site, a, b in groups.site_ranges() for _ in range(a, b)]
+    )  # a group inside a removed layer goes with it
+    after_counts = {
+        kind: int((groups.mask & survives)[groups.kind_index(kind)].sum()) for kind in groups.kinds
+    }
     if not ops:
         warnings.warn(
             "nothing is pruned: compaction leaves the model as it is"

@@ -176,6 +176,24 @@ def _rebuilt_config(config: Any, updates: dict[str, Any]) -> Any:
     return rebuilt
 
 
+def heads_describable(config: Any, heads: int) -> bool | None:
+    """Whether ``config``'s family can describe ``heads`` query heads per layer at the current head size
+    (its own validation run through ``from_dict``, e.g. the Llama family's ``hidden % heads == 0``);
+    ``None`` when the family cannot describe pruned heads at all (head size = hidden / heads) or is unknown."""
+    keys = FAMILIES.get(str(getattr(config, "model_type", "")))
+    if keys is None or keys.heads is None:
+        return None
+    updates: dict[str, Any] = {keys.heads: int(heads)}
+    if keys.head_dim is not None:
+        size = getattr(config, keys.head_dim, None)
+        updates[keys.head_dim] = size or config.hidden_size // getattr(config, keys.heads)
+    try:
+        _rebuilt_config(config, updates)
+    except (ValueError, TypeError, KeyError):
+        return False
+    return True
+
+
 def _meta_model(model: nn.Module, config: Any) -> nn.Module:
     """``type(model)(config)`` on the meta device: its shapes, without memory or initialisation cost."""
     with quiet(), torch.device("meta"):
@@ -330,6 +348,62 @@ def sync_hf_config(model: nn.Module) -> ConfigSync:
     if hasattr(config, NOTE_KEY):
         delattr(config, NOTE_KEY)
     return ConfigSync(model_type, True, changed, (), counts)
+
+
+def _owners(model: nn.Module, path: str) -> list[nn.Module]:
+    """The Hugging Face models that hold the submodule ``path``, innermost first."""
+    parts = path.split(".") if path else []
+    names = [".".join(parts[:depth]) for depth in range(len(parts) - 1, -1, -1)]
+    return [m for m in (model.get_submodule(n) for n in names) if is_hf_model(m)]
+
+
+def layer_count_key(config: Any, path: str, count: int) -> str | None:
+    """The config key of the block count of the list at ``path`` (its full module name) that holds ``count``
+    blocks: ``decoder_layers``/``num_decoder_layers`` for a decoder list, ``encoder_layers`` for an encoder
+    list where the config has them (BART, T5), else ``num_hidden_layers`` (through the config's
+    ``attribute_map``: GPT-2's ``n_layer``, T5's ``num_layers``); ``None`` when no key holds ``count``."""
+    candidates = []
+    if "decoder" in path:
+        candidates += ["decoder_layers", "num_decoder_layers"]
+    if "encoder" in path:
+        candidates += ["encoder_layers"]
+    candidates.append("num_hidden_layers")
+    for key in candidates:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value == count:
+            return key
+    return None
+
+
+def _drop_from(config: Any, path: str, kept: tuple[int, ...], before: int) -> None:
+    key = layer_count_key(config, path, before)
+    if key is None:
+        return
+    setattr(config, key, len(kept))
+    if key != "num_hidden_layers":
+        return
+    for name, value in config.to_dict().items():
+        if name.endswith("layer_types") and isinstance(value, (list, tuple)) and len(value) == before:
+            setattr(config, name, type(value)(value[i] for i in kept))
+
+
+def drop_config_layers(model: nn.Module, argument: tuple[str, tuple[int, ...], int]) -> None:
+    """After the block list ``path`` (its full module name in ``model``) of ``before`` blocks kept the blocks
+    ``kept``: in the config of the innermost Hugging Face model that holds the list, its count key
+    (:func:`layer_count_key`) becomes ``len(kept)`` and, for a model's main list (``num_hidden_layers``),
+    every per-layer list (a key ending in ``layer_types``, e.g. ``layer_types``, ``mlp_layer_types``, with
+    ``before`` entries) keeps the entries ``kept``, so each surviving block keeps its attention type. The
+    outermost model's config (the one ``save_pretrained`` writes) is updated the same way when it is another
+    object that does not hold the inner one (T5's stacks keep copies). A config with no key for the count is
+    left alone (the shape check of :func:`sync_hf_config` then says it cannot describe the model)."""
+    path, kept, before = argument
+    owners = _owners(model, path)
+    if not owners:
+        return
+    inner, outer = owners[0].config, owners[-1].config
+    _drop_from(inner, path, kept, before)
+    if outer is not inner and not any(value is inner for value in vars(outer).values()):
+        _drop_from(outer, path, kept, before)
 
 
 def sync_hf_configs(model: nn.Module) -> dict[str, ConfigSync]:

@@ -27,6 +27,7 @@ from plprune.sites.experts import (
 )
 from plprune.sites.filters import ConvMember, FilterSite
 from plprune.sites.heads import AttentionAdapter, HeadSite, find_head_sites, register_attention
+from plprune.sites.layers import LayerAdapter, LayerSite, layer_sites, register_layers
 from plprune.sites.neurons import FFNAdapter, NeuronSite, neuron_sites, register_ffn
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "FusedExpertSite",
     "FusedMoEAdapter",
     "HeadSite",
+    "LayerAdapter",
+    "LayerSite",
     "MoEAdapter",
     "NeuronSite",
     "find_sites",
@@ -45,6 +48,7 @@ __all__ = [
     "register_attention",
     "register_ffn",
     "register_kind_finder",
+    "register_layers",
     "register_moe",
 ]
 
@@ -94,11 +98,12 @@ _FINDERS: dict[str, KindFinder] = {
     "expert": _expert_sites,
     "filter": _filter_sites,
     "neuron": neuron_sites,
+    "layer": layer_sites,
 }
 #: kinds that need example inputs to be found (found by tracing); skipped by ``kinds=None`` without them
 _NEEDS_INPUTS = {"filter"}
 #: kinds found only when asked for by name (``kinds=None`` means heads, experts and filters, as it always has)
-_ON_REQUEST = {"neuron"}
+_ON_REQUEST = {"neuron", "layer"}
 
 
 def register_kind_finder(kind: str, finder: KindFinder, *, needs_example_inputs: bool = False) -> None:
