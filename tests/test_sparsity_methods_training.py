@@ -97,7 +97,7 @@ def test_filter_level_method_reaches_the_exact_ratio_and_compacts(method: str) -
 
 def test_every_course_method_is_registered_for_weights_and_groups() -> None:
     for method in COURSE_METHODS:
-        assert set(get_method(method).kinds) == {"head", "expert", "filter", "neuron", "weight"}
+        assert set(get_method(method).kinds) == {"head", "expert", "filter", "neuron", "layer", "weight"}
     assert "weight" in get_method("magnitude").kinds and "weight" not in get_method("pl").kinds
 
 
