@@ -25,7 +25,6 @@ import copy
 import json
 import platform
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import plprune
-from plprune.bench.harness import summarize_rounds, time_rounds
+from plprune.bench.harness import markdown_table, summarize_rounds, time_rounds
 
 SEQ = 128
 VOCAB = 8192
@@ -154,23 +153,25 @@ def training(name: str, ratio: float, steps: int, progress: Callable[[str], None
     pruner, twin = prune(masked, ratio, optimizer), prune(compacted, ratio, compacted_optimizer)
     assert torch.equal(twin.mask, pruner.mask)
     twin.compact()
-    times: dict[str, list[float]] = {"masked": [], "compacted": []}
     losses: dict[str, list[float]] = {"masked": [], "compacted": []}
     runs = {"masked": (masked, optimizer), "compacted": (compacted, compacted_optimizer)}
-    for step in range(steps):
-        batch = ids(16, 100 + step)
-        order = ["masked", "compacted"] if step % 2 == 0 else ["compacted", "masked"]
-        for key in order:
-            model, opt = runs[key]
-            started = time.perf_counter()
-            loss = lm_loss(model, batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            times[key].append(time.perf_counter() - started)
-            losses[key].append(float(loss))
-        if step % 5 == 0:
-            progress(f"{name} training step {step}/{steps}")
+
+    def train_step(key: str, batch: Tensor) -> None:
+        model, opt = runs[key]
+        loss = lm_loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses[key].append(float(loss))
+
+    # interleaved rounds, the starting model alternating; each round one batch, the same for both
+    times = time_rounds(
+        {key: lambda batch, key=key: train_step(key, batch) for key in runs},
+        steps,
+        inputs=lambda step: (ids(16, 100 + step),),
+        inference=False,
+        progress=lambda text: progress(f"{name} training {text}"),
+    )
     paired = [m / c for m, c in zip(times["masked"][1:], times["compacted"][1:], strict=True)]
     return {
         "step_ms": {k: 1000 * statistics.median(v[1:]) for k, v in times.items()},
@@ -190,43 +191,75 @@ def render(result: dict[str, Any]) -> str:
         "removed (random, per layer; GQA heads evenly per KV head), then `Pruner.compact()`. Ratios are "
         "paired medians over interleaved rounds (dense time / compacted time), with the interquartile range.",
         "",
-        "| model | part | batch | MACs ratio | latency dense (ms) | compacted (ms) | speed-up [IQR] |",
-        "|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for name, row in result["models"].items():
         for key, lat in row["latency"].items():
             part, batch = key.split("@batch")
             mac = row["macs"][key]
             c = lat["compacted"]
-            lines.append(
-                f"| {name} | {part} | {batch} | {mac['dense'] / mac['compacted']:.2f}× | "
-                f"{lat['dense']['median_ms']:.1f} | {c['median_ms']:.1f} | {c['paired_speedup']:.2f}× "
-                f"[{c['paired_speedup_iqr'][0]:.2f}, {c['paired_speedup_iqr'][1]:.2f}] |"
+            low, high = c["paired_speedup_iqr"]
+            rows.append(
+                [
+                    name,
+                    part,
+                    batch,
+                    f"{mac['dense'] / mac['compacted']:.2f}×",
+                    f"{lat['dense']['median_ms']:.1f}",
+                    f"{c['median_ms']:.1f}",
+                    f"{c['paired_speedup']:.2f}× [{low:.2f}, {high:.2f}]",
+                ]
             )
-    lines += [
-        "",
-        "| model | parameters dense → compacted | heads / neurons per layer after | max masked − compacted |",
-        "|---|---|---|---|",
-    ]
+    header = (
+        "model",
+        "part",
+        "batch",
+        "MACs ratio",
+        "latency dense (ms)",
+        "compacted (ms)",
+        "speed-up [IQR]",
+    )
+    lines += markdown_table(header, rows)
+    rows = []
     for name, row in result["models"].items():
         p = row["params"]
-        lines.append(
-            f"| {name} | {p['dense']:,} → {p['compacted']:,} (×{p['compacted'] / p['dense']:.2f}) | "
-            f"{row['heads_per_layer_after'][0]} / {row['neurons_per_layer_after'][0]} | "
-            f"{row['max_abs_diff_masked_vs_compacted']:.1e} |"
+        rows.append(
+            [
+                name,
+                f"{p['dense']:,} → {p['compacted']:,} (×{p['compacted'] / p['dense']:.2f})",
+                f"{row['heads_per_layer_after'][0]} / {row['neurons_per_layer_after'][0]}",
+                f"{row['max_abs_diff_masked_vs_compacted']:.1e}",
+            ]
         )
+    lines += [
+        "",
+        *markdown_table(
+            (
+                "model",
+                "parameters dense → compacted",
+                "heads / neurons per layer after",
+                "max masked − compacted",
+            ),
+            rows,
+        ),
+    ]
     lines += [
         "",
         "Training steps (forward + backward + AdamW, batch 16), masked vs compacted, interleaved:",
         "",
-        "| model | masked (ms) | compacted (ms) | paired speed-up | max relative loss difference |",
-        "|---|---|---|---|---|",
     ]
-    for name, row in result["training"].items():
-        lines.append(
-            f"| {name} | {row['step_ms']['masked']:.0f} | {row['step_ms']['compacted']:.0f} | "
-            f"{row['paired_speedup']:.2f}× | {row['max_rel_loss_diff']:.1e} |"
-        )
+    rows = [
+        [
+            name,
+            f"{row['step_ms']['masked']:.0f}",
+            f"{row['step_ms']['compacted']:.0f}",
+            f"{row['paired_speedup']:.2f}×",
+            f"{row['max_rel_loss_diff']:.1e}",
+        ]
+        for name, row in result["training"].items()
+    ]
+    header = ("model", "masked (ms)", "compacted (ms)", "paired speed-up", "max relative loss difference")
+    lines += markdown_table(header, rows)
     return "\n".join(lines) + "\n"
 
 
