@@ -24,13 +24,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from plprune.bench import harness
 from plprune.data.images import load_mnist1d
 from plprune.models.vgg import VGG
 from plprune.seeding import generator
@@ -216,68 +212,18 @@ def folded_static(model: VGG) -> Any:
 
 
 def measure_latency(calls: dict[str, Any], samples: Tensor, rounds: int, warmup: int) -> dict[str, Any]:
-    names = list(calls)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    with torch.inference_mode():
-        for r in range(warmup):
-            for name in names:
-                calls[name](samples[r % samples.shape[0]].unsqueeze(0))
-        for r in range(rounds):
-            x = samples[r % samples.shape[0]].unsqueeze(0)
-            shift = r % len(names)
-            for name in names[shift:] + names[:shift]:
-                started = time.perf_counter()
-                calls[name](x)
-                times[name].append(time.perf_counter() - started)
+    """Batch-1 latency of every entry in interleaved rounds, one sample per round (the same for all)."""
+    times = harness.time_rounds(
+        calls, rounds, warmup, inputs=lambda r: (samples[r % samples.shape[0]].unsqueeze(0),)
+    )
     rows = {}
-    for name, seconds in times.items():
-        q1, _, q3 = statistics.quantiles(seconds, n=4, method="inclusive")
-        paired = [s / t for s, t in zip(times["static"], seconds, strict=True)]
-        rows[name] = {
-            "median_ms": 1000 * statistics.median(seconds),
-            "q1_ms": 1000 * q1,
-            "q3_ms": 1000 * q3,
-            "runs": len(seconds),
-            "paired_speedup_vs_static": statistics.median(paired),
-        }
+    for name, row in harness.summarize_rounds(times, reference="static").items():
+        rows[name] = {k: row[k] for k in ("median_ms", "q1_ms", "q3_ms", "runs")}
+        rows[name]["paired_speedup_vs_static"] = row["paired_speedup"]
     return rows
 
 
-# -- metadata and reports -----------------------------------------------------------------------------------
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": [round(x, 2) for x in load],
-        "note": "2-core CPU shared with other jobs",
-    }
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    found = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("plprune", "mnist1d", "matplotlib"):
-        try:
-            found[name] = version(name)
-        except Exception:
-            found[name] = "unknown"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        found["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    return found
-
-
+# -- reports ------------------------------------------------------------------------------------------------
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -617,7 +563,7 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     started = time.perf_counter()
-    meta_machine = machine()
+    meta_machine = harness.machine(note="2-core CPU shared with other jobs")
     data = load_mnist1d(cfg["num_samples"], 0.2, 0)
     classes = data.num_classes
     runs: list[dict[str, Any]] = []
@@ -693,7 +639,7 @@ def main() -> None:
         },
         "data": {"source": "mnist1d", "train": int(data.train_x.shape[0]), "test": int(data.test_x.shape[0])},
         "machine": meta_machine,
-        "versions": versions(),
+        "versions": harness.versions("mnist1d", "matplotlib"),
         "static_macs": static_macs(classes),
         "parameters": parameters,
         "runs": runs,
@@ -701,7 +647,7 @@ def main() -> None:
         "latency": latency,
         "skipped_seeds": skipped,
     }
-    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["machine"]["load_average_at_end"] = harness.load_average()
     result["total_seconds"] = time.perf_counter() - started
     result["notes"] = notes(result)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
