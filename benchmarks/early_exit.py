@@ -26,13 +26,9 @@ RESULTS.md, cnn_accuracy_vs_macs.png, pabee_accuracy_vs_exit_layer.png); ``--qui
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from plprune.bench import harness
 from plprune.data import SPECIAL_TOKENS, WordTokenizer, load_mnist1d, read_wikitext_dir
 from plprune.models import BertConfig
 from plprune.models.filters import global_average_pool
@@ -98,28 +95,10 @@ def say(message: str) -> None:
 
 
 def meta(argv: list[str]) -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as info:
-        cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("numpy", "matplotlib", "mnist1d"):
-        with contextlib.suppress(ImportError, AttributeError):
-            versions[name] = str(__import__(name).__version__)
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        versions["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
     return {
         "command": " ".join([".venv/bin/python", "benchmarks/early_exit.py", *argv]),
-        "versions": versions,
-        "machine": {
-            "cpu": cpu,
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "torch_threads": torch.get_num_threads(),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-            "note": "2-core CPU shared with other jobs; no GPU",
-        },
+        "versions": harness.versions("numpy", "matplotlib", "mnist1d"),
+        "machine": harness.machine(note="2-core CPU shared with other jobs; no GPU"),
     }
 
 
@@ -130,35 +109,17 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, steps: int, warmup: fl
     )
 
 
-def timed_rounds(variants: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each variant: one warm-up call each, then ``rounds`` rounds in which every variant
-    runs once, the starting variant rotating."""
-    names = list(variants)
-    for name in names:
-        variants[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            variants[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def summarize_times(times: dict[str, list[float]], per: int, reference: str) -> dict[str, dict[str, float]]:
-    """Median ms per sample (``per`` samples per call) and the paired ratio to ``reference`` per round."""
+    """The report's keys for timings of :func:`plprune.bench.harness.time_rounds` (one warm-up round, then
+    interleaved rounds, the starting variant rotating): median and quartiles in ms per sample (``per``
+    samples per call) and the paired ratio to ``reference`` per round."""
     out = {}
-    for name, values in times.items():
-        paired = [ref / v for ref, v in zip(times[reference], values, strict=True)]
+    for name, row in harness.summarize_rounds(times, reference=reference, per=per).items():
         out[name] = {
-            "median_ms_per_sample": 1e3 * statistics.median(values) / per,
-            "q1_ms_per_sample": 1e3 * statistics.quantiles(values, n=4)[0] / per
-            if len(values) > 1
-            else math.nan,
-            "q3_ms_per_sample": 1e3 * statistics.quantiles(values, n=4)[2] / per
-            if len(values) > 1
-            else math.nan,
-            f"paired_speedup_vs_{reference}": statistics.median(paired),
+            "median_ms_per_sample": row["median_ms"],
+            "q1_ms_per_sample": row["q1_ms"],
+            "q3_ms_per_sample": row["q3_ms"],
+            f"paired_speedup_vs_{reference}": row["paired_speedup"],
         }
     return out
 
@@ -267,11 +228,14 @@ def time_cnn(multi: MultiExitCNN, single: MultiExitCNN, x: Tensor, cfg: dict[str
     }
     out["variants"]["multi-exit forward (all exits)"] = {"mean_macs": float(multi.exit_macs(40)[-1])}
     with torch.inference_mode():
-        batch1 = timed_rounds(
+        batch1 = harness.time_rounds(
             {k: (lambda f=f: [f(x[i : i + 1]) for i in range(n)]) for k, f in fns.items()},
             cfg["timing_rounds"],
+            warmup=1,
         )
-        batch_all = timed_rounds({k: (lambda f=f: f(x)) for k, f in fns.items()}, cfg["timing_rounds"] * 4)
+        batch_all = harness.time_rounds(
+            {k: (lambda f=f: f(x)) for k, f in fns.items()}, cfg["timing_rounds"] * 4, warmup=1
+        )
     out["batch1"] = summarize_times(batch1, n, "single-exit network")
     out[f"batch{n}"] = summarize_times(batch_all, n, "single-exit network")
     return out
@@ -531,11 +495,14 @@ def run_bert(config: dict[str, Any]) -> dict[str, Any]:
         },
     }
     with torch.inference_mode():
-        batch1 = timed_rounds(
+        batch1 = harness.time_rounds(
             {k: (lambda f=f: [f(x1[i : i + 1]) for i in range(n)]) for k, f in fns.items()},
             cfg["timing_rounds"],
+            warmup=1,
         )
-        batchb = timed_rounds({k: (lambda f=f: f(xb)) for k, f in fns.items()}, cfg["timing_rounds"] * 3)
+        batchb = harness.time_rounds(
+            {k: (lambda f=f: f(xb)) for k, f in fns.items()}, cfg["timing_rounds"] * 3, warmup=1
+        )
     return {
         "task": task_description(cfg, ids.shape[0]),
         "source": task["source"] + " (train on valid.txt, evaluate on test.txt: the official train split is "
@@ -1033,7 +1000,7 @@ def main() -> None:
     say("BERT (PABEE) on WikiText-2 windows")
     results["bert"] = run_bert(config)
     results["total_seconds"] = time.time() - started
-    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["load_average_at_end"] = harness.load_average()
     pngs = plot(results, out)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     path = write_markdown(results, out, pngs)
