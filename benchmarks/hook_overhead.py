@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import torch
 from torch import nn
 
 import plprune
+from plprune.bench.harness import machine, quartiles, time_rounds
 from plprune.models import BertConfig, BertForMaskedLM
 from plprune.models.hf_bert import HfBertForMaskedLM
 
@@ -51,13 +50,11 @@ def loss_fn(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> torch.
     return model(*data).loss
 
 
-def timed_step(model: nn.Module, optimizer: torch.optim.Optimizer, data: tuple) -> float:
-    started = time.perf_counter()
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, data: tuple) -> None:
     loss = loss_fn(model, data)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return time.perf_counter() - started
 
 
 def measure(kind: str, config: BertConfig, batch_size: int, rounds: int, warmup: int) -> dict[str, Any]:
@@ -71,18 +68,20 @@ def measure(kind: str, config: BertConfig, batch_size: int, rounds: int, warmup:
             if state == "masked":
                 pruner.step(0)
         runs[state] = (model, optimizer)
-    times: dict[str, list[float]] = {state: [] for state in STATES}
-    for step in range(warmup + rounds):
-        data = batch(step, config, batch_size)
-        for state in STATES:  # interleaved: each round times every state once
-            seconds = timed_step(*runs[state], data)
-            if step >= warmup:
-                times[state].append(seconds)
+    # interleaved: each round times every state once, in a fixed order, on the round's batch
+    times = time_rounds(
+        {state: lambda data, state=state: train_step(*runs[state], data) for state in STATES},
+        rounds,
+        warmup,
+        inputs=lambda r: (batch(r + warmup, config, batch_size),),
+        rotate=False,
+        inference=False,
+    )
     summary = {}
     for state in STATES:
-        q1, _, q3 = statistics.quantiles(times[state], n=4)
+        q1, _, q3 = quartiles(times[state])
         paired = [t / p for t, p in zip(times[state], times["plain"], strict=True)]  # same round, same batch
-        p1, _, p3 = statistics.quantiles(paired, n=4)
+        p1, _, p3 = quartiles(paired)
         summary[state] = {
             "median_ms": 1000 * statistics.median(times[state]),
             "iqr_ms": [1000 * q1, 1000 * q3],
@@ -104,13 +103,14 @@ def main() -> None:
     results = {
         kind: measure(kind, config, 16, args.rounds, args.warmup) for kind in ("plprune", "huggingface")
     }
+    host = machine()
     meta = {
         "command": f"benchmarks/hook_overhead.py --out {args.out} --rounds {args.rounds} "
         f"--warmup {args.warmup} --threads {args.threads}",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "machine": platform.platform(),
-        "cpu_count": __import__("os").cpu_count(),
+        "machine": host["platform"],
+        "cpu_count": host["cpu_count"],
         "model": "BERT 4 layers x 8 heads, hidden 128, FFN 512, seq 128, batch 16, vocab 8000, AdamW",
     }
     args.out.mkdir(parents=True, exist_ok=True)
