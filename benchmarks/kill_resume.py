@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -41,6 +40,7 @@ from typing import Any
 
 import torch
 
+from plprune.bench.harness import machine
 from plprune.faults import ENV_VAR
 from plprune.train.checkpoint import load_checkpoint, load_latest_checkpoint
 from plprune.train.metrics import read_jsonl
@@ -319,7 +319,7 @@ def main() -> None:
         )
     result: dict[str, Any] = {
         "command": "PYTHONPATH=src python benchmarks/kill_resume.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": {**machine(), "torch": torch.__version__},
         "reference_seconds": reference_seconds,
         "trials": trials,
         "summary": {
