@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from plprune.bench.latency.report import speedup_cell
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "latency"
 
@@ -78,13 +80,6 @@ def run_all(names: list[str], out: Path, threads: str, repeats: int, timeout: in
 # -- summary ------------------------------------------------------------------------------------------------
 def _ms(row: dict[str, Any] | None) -> str:
     return "—" if row is None else f"{row['median_ms']:.2f}"
-
-
-def _speedup(rows: dict[str, Any], name: str) -> str:
-    if name not in rows:
-        return "—"
-    ratio = rows["dense"]["median_ms"] / rows[name]["median_ms"]
-    return f"{ratio:.2f}× ({rows[name]['paired_speedup']:.2f}×)"
 
 
 def _mib(info: dict[str, Any]) -> str:
@@ -254,9 +249,9 @@ def summarize(out: Path, failures: dict[str, str]) -> Path:
             )
             lines.append(
                 f"| [{name}]({name}/LATENCY.md) | {model['ratio']:.0%} of {model['group_kind']}s | "
-                f"{_ms(b1['dense'])} / {_ms(b32['dense'])} | {_speedup(b1, 'compacted')} | "
-                f"{_speedup(b32, 'compacted')} | {_speedup(b1, 'compacted+ort')} | "
-                f"{_speedup(b32, 'compacted+ort')} | {_speedup(b32, 'masked')} | {throughput} |"
+                f"{_ms(b1['dense'])} / {_ms(b32['dense'])} | {speedup_cell(b1, 'compacted')} | "
+                f"{speedup_cell(b32, 'compacted')} | {speedup_cell(b1, 'compacted+ort')} | "
+                f"{speedup_cell(b32, 'compacted+ort')} | {speedup_cell(b32, 'masked')} | {throughput} |"
             )
         attention = {n: r for n, r in results.items() if "attention_batch1" in r["latency"].get(threads, {})}
         if attention:
@@ -275,9 +270,9 @@ def summarize(out: Path, failures: dict[str, str]) -> Path:
                     r["latency"][threads]["attention_batch32"],
                 )
                 lines.append(
-                    f"| {name} | {_ms(a1['dense'])} / {_ms(a32['dense'])} | {_speedup(a1, 'compacted')} | "
-                    f"{_speedup(a32, 'compacted')} | {_speedup(a1, 'compacted+ort')} | "
-                    f"{_speedup(a32, 'compacted+ort')} | {_speedup(a32, 'masked')} |"
+                    f"| {name} | {_ms(a1['dense'])} / {_ms(a32['dense'])} | "
+                    f"{speedup_cell(a1, 'compacted')} | {speedup_cell(a32, 'compacted')} | {speedup_cell(a1, 'compacted+ort')} | "
+                    f"{speedup_cell(a32, 'compacted+ort')} | {speedup_cell(a32, 'masked')} |"
                 )
         lines.append("")
     lines += [

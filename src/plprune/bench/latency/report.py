@@ -12,7 +12,7 @@ import torch
 from plprune.bench.harness import markdown_table
 from plprune.bench.latency.spec import LatencySpec
 
-__all__ = ["family_notes", "plot_latency", "ratios", "render_markdown", "write_outputs"]
+__all__ = ["family_notes", "plot_latency", "ratios", "render_markdown", "speedup_cell", "write_outputs"]
 
 
 def _json_default(value: Any) -> Any:
@@ -124,7 +124,11 @@ def _latency_cell(row: dict[str, Any] | None) -> str:
     return f"{row['median_ms']:.2f} ({row['q1_ms']:.2f}–{row['q3_ms']:.2f})"
 
 
-def _speedup_cell(rows: dict[str, Any], name: str) -> str:
+def speedup_cell(rows: dict[str, Any], name: str) -> str:
+    """``dense median / name's median× (paired speed-up×)`` of one measure's rows; ``—`` if ``name`` was
+    not timed."""
+    if name not in rows:
+        return "—"
     ratio = rows["dense"]["median_ms"] / rows[name]["median_ms"]
     return f"{ratio:.2f}× ({rows[name]['paired_speedup']:.2f}×)"
 
@@ -228,8 +232,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += markdown_table(
             header,
             (
-                [name, _latency_cell(b1[name]), _speedup_cell(b1, name), _latency_cell(b32[name]),
-                 _speedup_cell(b32, name), f"{32 / (b32[name]['median_ms'] / 1000):,.0f}"]
+                [name, _latency_cell(b1[name]), speedup_cell(b1, name), _latency_cell(b32[name]),
+                 speedup_cell(b32, name), f"{32 / (b32[name]['median_ms'] / 1000):,.0f}"]
                 for name in b1
             ),
         )  # fmt: skip
@@ -243,8 +247,8 @@ def render_markdown(result: dict[str, Any]) -> str:
             lines += markdown_table(
                 ("variant", "batch 1", "speed-up", "batch 32", "speed-up"),
                 (
-                    [name, _latency_cell(a1[name]), _speedup_cell(a1, name), _latency_cell(a32[name]),
-                     _speedup_cell(a32, name)]
+                    [name, _latency_cell(a1[name]), speedup_cell(a1, name), _latency_cell(a32[name]),
+                     speedup_cell(a32, name)]
                     for name in a1
                 ),
             )  # fmt: skip
