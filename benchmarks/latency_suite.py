@@ -271,7 +271,8 @@ def summarize(out: Path, failures: dict[str, str]) -> Path:
                 )
                 lines.append(
                     f"| {name} | {_ms(a1['dense'])} / {_ms(a32['dense'])} | "
-                    f"{speedup_cell(a1, 'compacted')} | {speedup_cell(a32, 'compacted')} | {speedup_cell(a1, 'compacted+ort')} | "
+                    f"{speedup_cell(a1, 'compacted')} | {speedup_cell(a32, 'compacted')} | "
+                    f"{speedup_cell(a1, 'compacted+ort')} | "
                     f"{speedup_cell(a32, 'compacted+ort')} | {speedup_cell(a32, 'masked')} |"
                 )
         lines.append("")
