@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import plprune
+from hf_families import FAMILIES as HF_FAMILIES
 from plprune.compaction import compact
 from plprune.errors import PlpruneError
 from plprune.gates import GroupSet
@@ -142,6 +143,22 @@ def test_layers_are_found_only_on_request() -> None:
     model = llama()
     assert {s.kind for s in plprune.find_sites(model)} == {"head"}
     assert GroupSet(model).kinds == ("head",)
+
+
+@pytest.mark.parametrize("family", sorted(HF_FAMILIES))
+def test_every_known_family_compacts_its_last_block_and_keeps_a_describable_config(family: str) -> None:
+    spec = HF_FAMILIES[family]
+    model = spec.build()
+    groups = GroupSet(model, ("layer",))
+    mask = groups.mask.clone()
+    mask[-1] = False  # the last block of the last list (T5's first block cannot go: its position bias)
+    groups.apply_mask(mask)
+    with torch.no_grad():
+        masked = spec.forward(model)
+        small, report = compact(groups)
+        torch.testing.assert_close(spec.forward(small), masked, rtol=1e-5, atol=1e-5)
+    assert report.groups_after["layer"] == len(groups) - 1
+    assert all(sync.describable for sync in report.config_syncs.values()), report.config_syncs
 
 
 # -- masking: the masked model is the model without the block --------------------------------------
