@@ -11,7 +11,15 @@ import pytest
 from plprune.bench import suites
 from plprune.bench.compare import check_existing, pending, run_jobs
 from plprune.bench.report import write_report
-from plprune.bench.results import load_results, steps_to_reach
+from plprune.bench.results import (
+    at_step,
+    checkpoints,
+    fmt,
+    load_results,
+    metric_family,
+    periodic,
+    steps_to_reach,
+)
 from plprune.bench.suites import SUITES, Suite, TaskPlan, plan_suite
 from plprune.cli import main
 from plprune.errors import PlpruneError, RunDirError
@@ -239,6 +247,27 @@ def test_steps_to_reach() -> None:
     assert steps_to_reach(history, "x", 3.0, higher_is_better=False) == 20
     assert steps_to_reach(history, "x", 1.0, higher_is_better=False) is None
     assert steps_to_reach(history, "x", 4.0, higher_is_better=True) == 10
+
+
+def test_results_helpers_by_hand() -> None:
+    """The report's per-seed statistics and checkpoints (formerly tested through the retired
+    benchmarks/dense_vs_pl_report.py), against values computed by hand."""
+    history = [
+        {"step": 100, "train_ppl": 450.0, "test_ppl": 500.0},
+        {"step": 200, "train_ppl": 350.0, "test_ppl": 400.0},
+        {"step": 300, "train_ppl": 250.0, "test_ppl": 300.0},
+        {"step": 300, "train_ppl": 250.0, "test_ppl": 300.0, "final": True},
+    ]
+    summary = {"final": history[-1], "history": history}
+    assert periodic(history) == history[:3]
+    assert at_step(history, 200, "train_ppl") == 350.0 and at_step(history, 250, "train_ppl") is None
+    family = metric_family(summary)
+    assert family["kind"] == "mlm" and family["train_checkpoints"] == 3 and not family["higher_is_better"]
+    assert checkpoints(summary, 3) == [100, 200, 300]  # three evaluations: all of them
+    assert checkpoints(summary, 2) == [200, 300]  # ceil(i * 3 / 2) - 1 = 1, 2
+    # mean 310, sample std sqrt(((300-310)^2 + (320-310)^2) / 1) = 14.142...; None and NaN are left out
+    assert fmt([300.0, 320.0, None, float("nan")]) == "310.00 ± 14.14"
+    assert fmt([1.0]) == "1.00 ± 0.00" and fmt([None]) == "n/a"
 
 
 def test_cli_compare_and_report(tiny_suite: str, tmp_path: Path, capsys) -> None:
