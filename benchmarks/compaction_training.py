@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import plprune
+from plprune.bench.harness import machine, quartiles, time_rounds
 from plprune.models import VGG, BertConfig, BertForMaskedLM, SwitchConfig, SwitchForMaskedLM
 
 
@@ -96,16 +95,14 @@ def setups() -> dict[str, dict[str, Any]]:
     return out
 
 
-def step(
-    model: nn.Module, pruner: plprune.Pruner, optimizer: Any, setup: dict, index: int
-) -> tuple[float, float]:
-    started = time.perf_counter()
+def step(model: nn.Module, pruner: plprune.Pruner, optimizer: Any, setup: dict, index: int) -> float:
+    """One training step (the pruner's step, forward, backward, optimizer); returns the loss."""
     pruner.step(index)
     loss = setup["loss"](model, setup["batches"](index))
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return time.perf_counter() - started, float(loss.detach())
+    return float(loss.detach())
 
 
 def measure(
@@ -134,15 +131,22 @@ def measure(
     params_before = sum(p.numel() for p in model.parameters())
     report = pruner.compact()
     runs = {"masked": masked, "compacted": (model, pruner, optimizer)}
-    times: dict[str, list[float]] = {name: [] for name in runs}
     losses: dict[str, list[float]] = {name: [] for name in runs}
-    for index in range(event + 1, event + 1 + steps):
-        for name, (m, p, o) in runs.items():
-            seconds, loss = step(m, p, o, setup, index)
-            times[name].append(seconds)
-            losses[name].append(loss)
+
+    def train(name: str, index: int) -> None:
+        m, p, o = runs[name]
+        losses[name].append(step(m, p, o, setup, index))
+
+    # interleaved: each round runs both copies on the same step's batch, in a fixed order
+    times = time_rounds(
+        {name: lambda index, name=name: train(name, index) for name in runs},
+        steps,
+        inputs=lambda r: (event + 1 + r,),
+        rotate=False,
+        inference=False,
+    )
     paired = [c / m for c, m in zip(times["compacted"], times["masked"], strict=True)]
-    q1, _, q3 = statistics.quantiles(paired, n=4)
+    q1, _, q3 = quartiles(paired)
     return {
         "parameters_dense": params_before,
         "parameters_compacted": report.parameters_after,
@@ -174,7 +178,7 @@ def main() -> None:
         f"--event {args.event} --threads {args.threads}",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "machine": platform.platform(),
+        "machine": machine()["platform"],
         "device": "CPU (2 cores), no GPU",
     }
     args.out.mkdir(parents=True, exist_ok=True)
