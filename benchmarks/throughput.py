@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from plprune.bench.harness import machine, time_rounds
 from plprune.data import build_or_load_tokenizer, prepare_mlm_data, read_wikitext_dir
 from plprune.models import BertForMaskedLM
 from plprune.run_config import RunConfig
@@ -27,17 +26,18 @@ from plprune.train.loop import build_optimizer
 
 
 def time_steps(model, task, optimizer, logits_at: str, steps: int, warmup: int = 3) -> list[float]:
-    times = []
-    for step in range(warmup + steps):
-        input_ids, labels = task.train_batch(step)
-        started = time.perf_counter()
+    """Seconds per training step after ``warmup`` untimed ones (the batch fetched outside the timer)."""
+
+    def train_step(input_ids, labels) -> None:
         loss = model(input_ids, labels, logits_at=logits_at).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step >= warmup:
-            times.append(time.perf_counter() - started)
-    return times
+
+    times = time_rounds(
+        {"step": train_step}, steps, warmup, inputs=lambda r: task.train_batch(r + warmup), inference=False
+    )
+    return times["step"]
 
 
 def main() -> None:
@@ -83,12 +83,7 @@ def main() -> None:
         "results": results,
         "masked_only_speedup": results["all"]["step_seconds_median"]
         / results["masked"]["step_seconds_median"],
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-        },
+        "machine": {**machine(), "torch": torch.__version__},
         "data": "WikiText-2 valid.txt (used as the training split)",
     }
     (tmp / "throughput-tokenizer.json").unlink(missing_ok=True)
