@@ -91,3 +91,119 @@ def test_bench_latency_bad_arguments(tmp_path: Path, capsys, monkeypatch, argv: 
     assert len(lines) == 1 and lines[0].startswith("plprune: error: "), stderr
     assert message in lines[0]
     assert "Traceback" not in stderr and not (tmp_path / "x").exists()
+
+
+# -- the shared benchmark harness ---------------------------------------------------------------------------
+def test_time_rounds_interleaves_rotates_and_passes_round_inputs() -> None:
+    import torch
+
+    from plprune.bench.harness import time_rounds
+
+    log: list[tuple[str, int, bool]] = []
+    calls = {
+        name: (lambda r, name=name: log.append((name, r, torch.is_inference_mode_enabled())))
+        for name in ("a", "b", "c")
+    }
+    times = time_rounds(calls, 4, warmup=2, inputs=lambda r: (r,))
+    assert {name: len(t) for name, t in times.items()} == {"a": 4, "b": 4, "c": 4}
+    assert all(t >= 0 for seconds in times.values() for t in seconds)
+    warm, timed = log[:6], log[6:]
+    assert [(n, r) for n, r, _ in warm] == [(n, r) for r in (-2, -1) for n in "abc"]  # warm-up: fixed order
+    # timed rounds 0..3 start one entry later each round: abc, bca, cab, abc
+    assert [n for n, _, _ in timed] == list("abcbcacababc")
+    assert [r for _, r, _ in timed] == [r for r in range(4) for _ in range(3)]
+    assert all(inference for _, _, inference in log)
+
+    log.clear()
+    time_rounds(calls, 2, inputs=lambda r: (r,), rotate=False, inference=False)
+    assert [n for n, _, _ in log] == list("abcabc") and not any(i for _, _, i in log)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"calls": {}, "repeats": 2}, "at least one entry"),
+        ({"calls": {"a": print}, "repeats": 0}, "repeats must be an integer >= 1"),
+        ({"calls": {"a": print}, "repeats": 2, "warmup": -1}, "warmup must be an integer >= 0"),
+    ],
+)
+def test_time_rounds_bad_arguments(kwargs: dict, message: str) -> None:
+    from plprune.bench.harness import time_rounds
+    from plprune.errors import PlpruneError
+
+    with pytest.raises(PlpruneError, match=message):
+        time_rounds(**kwargs)
+
+
+def test_summaries_match_numpy_and_hand_computed_pairs() -> None:
+    import numpy as np
+
+    from plprune.bench.harness import quartiles, summarize, summarize_rounds
+
+    seconds = [0.004, 0.001, 0.003, 0.010, 0.002, 0.006]
+    q1, median, q3 = quartiles(seconds)
+    assert (q1, median, q3) == pytest.approx(
+        tuple(np.percentile(seconds, [25, 50, 75]))
+    )  # linear = inclusive
+    row = summarize(seconds, per=2)
+    assert row["median_ms"] == pytest.approx(1000 * np.median(seconds) / 2)
+    assert row["min_ms"] == pytest.approx(0.5) and row["runs"] == 6
+    one = quartiles([0.5])
+    assert one[1] == 0.5 and np.isnan(one[0]) and np.isnan(one[2])
+
+    times = {"dense": [2.0, 4.0, 3.0], "fast": [1.0, 1.0, 3.0]}
+    rows = summarize_rounds(times)
+    # per round dense / fast = 2, 4, 1: median 2, inclusive quartiles 1.5 and 3
+    assert rows["fast"]["paired_speedup"] == 2.0 and rows["fast"]["paired_speedup_iqr"] == [1.5, 3.0]
+    assert rows["dense"]["paired_speedup"] == 1.0
+    assert "paired_speedup" not in summarize_rounds({"x": [1.0, 2.0]})["x"]  # no reference timed
+
+
+def test_markdown_table_and_metadata() -> None:
+    from plprune.bench.harness import machine, markdown_table, versions
+    from plprune.errors import PlpruneError
+
+    assert markdown_table(("a", "b", "c"), [[1, "x", ""], ["y", 2.5, "z"]]) == [
+        "| a | b | c |",
+        "|---|---|---|",
+        "| 1 | x | |",
+        "| y | 2.5 | z |",
+    ]
+    with pytest.raises(PlpruneError, match="a row has 2 cells for 3 columns"):
+        markdown_table(("a", "b", "c"), [[1, 2]])
+    host = machine(note="shared")
+    assert host["cpu_count"] >= 1 and len(host["load_average_at_start"]) == 3 and host["note"] == "shared"
+    found = versions("numpy", "no_such_module_here")
+    assert found["torch"] and found["numpy"] != "not installed"
+    assert found["no_such_module_here"] == "not installed"
+
+
+@pytest.mark.parametrize("model", ["bert", "vgg"])
+def test_memory_job_rebuilds_each_form_from_its_state_dict(tmp_path: Path, model: str) -> None:
+    """What a fresh memory process measures: the form rebuilt from spec + mask, its safetensors loaded
+    strictly, computes what the form built in the parent computes (no pickled module involved)."""
+    import torch
+    from safetensors.torch import load_model, save_model
+
+    from plprune.bench.latency.spec import parse_spec
+    from plprune.bench.latency.variants import build_variants, rebuild
+
+    spec = parse_spec(model=model, out=tmp_path / "out", size="tiny")
+    built = build_variants(spec)
+    x = built.family.example(3)
+    for name, form in built.models().items():
+        save_model(form, str(tmp_path / f"{name}.safetensors"))
+        again = rebuild(spec, name, built.mask)
+        with torch.no_grad():  # spoil the rebuilt weights: only the loaded ones may decide the output
+            for parameter in again.parameters():
+                parameter.add_(1.0)
+        load_model(again, str(tmp_path / f"{name}.safetensors"), strict=True)
+        wrap = built.family.wrap
+        with torch.inference_mode():
+            expected, got = wrap(form).eval()(x), wrap(again).eval()(x)
+        assert torch.allclose(got, expected, atol=1e-6), name
+    assert set(built.models()) == (
+        {"dense", "masked", "compacted", "torch-pruning"}
+        if model == "vgg"
+        else {"dense", "masked", "compacted"}
+    )
