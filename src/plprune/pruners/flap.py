@@ -27,14 +27,13 @@ so the compensated output equals the dense one *in expectation over the calibrat
 the projection's mean output). A projection without a bias (Llama's ``o_proj`` and ``down_proj``) gets one
 (zeros first), as in FLAP's code. This happens in :meth:`FLAPScorer.before_mask` — the Pruner calls it with
 the event's new mask *before* the pruned columns are zeroed — with the means x̄ measured while scoring the
-same event. A later event compensates only the groups it newly removes.
+same event. A later event compensates only the groups it newly removes. A created bias is frozen
+(``requires_grad=False``, :func:`add_to_bias` says why); an existing one (BERT, GPT-2, OPT) keeps training.
 
 Adaptations: x̄ and Var are exact over every calibration token (float64, batches merged with Chan's update;
 FLAP's code keeps an approximate running update per sample); heads and channels are found from each group's
 own parameter slices (:mod:`plprune.pruners.activations`), not by family; already pruned channels are left
-out of the standardisation statistics (FLAP prunes once). A bias FLAP created is not trained by an optimizer
-built before pruning (one built after it, as for recovery, trains it); the :class:`CreatedBiases` plugin
-records the created biases in the Pruner's state, so a resumed run recreates them before the model's weights
+out of the standardisation statistics (FLAP prunes once). The :class:`CreatedBiases` plugin records the created biases in the Pruner's state, so a resumed run recreates them before the model's weights
 load. A reload outside plprune needs a model config that declares the biases (e.g. Llama's
 ``attention_bias``/``mlp_bias``).
 """
@@ -75,14 +74,19 @@ def standardise(values: Tensor, members: Tensor) -> Tensor:
 
 
 def add_to_bias(module: nn.Module, delta: Tensor) -> bool:
-    """``module.bias += delta`` (in place, no autograd); a module without a bias gets a zero one first.
-    Returns whether a bias was created."""
+    """``module.bias += delta`` (in place, no autograd); a module without a bias gets a zero one first,
+    **frozen** (``requires_grad=False``). Returns whether a bias was created.
+
+    Why frozen: an optimizer built before pruning does not hold the new parameter, so it would never update
+    it, but its gradient would still accumulate step after step (no ``zero_grad`` reaches it) and inflate
+    every gradient-norm clip over ``model.parameters()``. A recovery fine-tuning that should train it calls
+    ``module.bias.requires_grad_(True)`` and builds its optimizer after pruning."""
     created = module.bias is None
     with torch.no_grad():
         if created:
             weight = module.weight
             zeros = torch.zeros(out_features(module), dtype=weight.dtype, device=weight.device)
-            module.bias = nn.Parameter(zeros)
+            module.bias = nn.Parameter(zeros, requires_grad=False)
         module.bias.add_(delta.to(module.bias.device, module.bias.dtype))
     return created
 
