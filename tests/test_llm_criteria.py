@@ -82,6 +82,16 @@ def gpt2() -> nn.Module:
     return with_random_biases(T.GPT2LMHeadModel(config).double().eval())
 
 
+def opt() -> nn.Module:
+    torch.manual_seed(0)
+    config = T.OPTConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS, ffn_dim=FFN,
+        word_embed_proj_dim=HIDDEN, max_position_embeddings=16, dropout=0.0, attention_dropout=0.0,
+        attn_implementation="eager",
+    )  # fmt: skip
+    return with_random_biases(T.OPTForCausalLM(config).double().eval())
+
+
 # -- each family's layout, by hand: the projections as (module name, output index or input index) ---------
 # ``rows``: the group's output rows of an input projection (with its bias entry); ``cols``: its input
 # columns of the output projection; both in nn.Linear orientation (Conv1D weights are transposed).
@@ -109,6 +119,14 @@ def gpt2_layout(kind: str, layer: int, j: int) -> dict[str, list[tuple[str, list
     return {"rows": [(f"{p}.mlp.c_fc", [j])], "cols": [(f"{p}.mlp.c_proj", [j])]}
 
 
+def opt_layout(kind: str, layer: int, j: int) -> dict[str, list[tuple[str, list[int]]]]:
+    p = f"model.decoder.layers.{layer}"
+    if kind == "head":
+        qkv = [(f"{p}.self_attn.{name}", heads(j)) for name in ("q_proj", "k_proj", "v_proj")]
+        return {"rows": qkv, "cols": [(f"{p}.self_attn.out_proj", heads(j))]}
+    return {"rows": [(f"{p}.fc1", [j])], "cols": [(f"{p}.fc2", [j])]}
+
+
 def heads(j: int) -> list[int]:
     return list(range(j * D, (j + 1) * D))
 
@@ -117,6 +135,7 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], Callable[..., dict]]] = {
     "llama-gqa": (llama, llama_layout),
     "bert": (bert, bert_layout),
     "gpt2-conv1d": (gpt2, gpt2_layout),
+    "opt": (opt, opt_layout),
 }
 
 
