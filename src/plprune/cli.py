@@ -269,7 +269,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         else f"final test accuracy {final['test_accuracy']:.2f}%"
     )
     print(f"\nrun written to {args.out}  ({headline}; last row: whole test split)")
-    if final.get("diagnostics_seconds"):  # opt-in (--diagnostics): say what they cost
+    if config.prune.diagnostics and "diagnostics_seconds" in final:  # opt-in (--diagnostics): their cost
         print(
             f"curvature diagnostics at pruning events: {final['diagnostics_seconds']:.1f} s, pruning itself: "
             f"{final.get('prune_seconds', 0.0):.1f} s (summary.json: final.diagnostics_seconds)"
