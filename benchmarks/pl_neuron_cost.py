@@ -173,16 +173,18 @@ def main() -> None:
         loss_fn(model, batch_at(0)).backward()
         for _ in range(args.rounds):
             add(f"{kind}/mask upkeep per step", timed(lambda g=groups: (g.mask_gradients(), g.enforce())))
-    batched = ntk.group_kernels
+    import plprune.pruners.pl as pl  # PL's kernels stage calls batched_group_kernels(grads, groups)
+
+    batched = pl.batched_group_kernels
     pl_event("head")  # warm-up: the first Adam imports torch._dynamo (~1.5 s, once per process)
     for _ in range(args.event_rounds):
         for kind in ("head", "neuron"):
-            for name, implementation in (("loop", former_group_kernels), ("batched", batched)):
-                ntk.group_kernels = implementation
+            for name, implementation in (("loop", loop_kernels), ("batched", batched)):
+                pl.batched_group_kernels = implementation
                 try:
                     add(f"{kind}/PL event ({name} kernels)", pl_event(kind))
                 finally:
-                    ntk.group_kernels = batched
+                    pl.batched_group_kernels = batched
     summary = {
         name: {"min_s": min(v), "median_s": statistics.median(v), "runs": len(v)}
         for name, v in samples.items()
