@@ -2,13 +2,15 @@
 
 A server process (:func:`memory_server`) imports torch and the modules that build the models, and never
 runs a model; for each job it forks a child that rebuilds one form (:func:`plprune.bench.latency.variants.
-rebuild`: the same family, mask and compaction) and loads its weights from the form's safetensors file, or
-opens the ONNX file in an ONNX Runtime session; runs one batch-1 warm-up pass; resets the kernel's
-resident-set high-water mark (``/proc/self/clear_refs``); runs one batch-32 forward pass and reads
-``resource.getrusage(...).ru_maxrss``. ``model_and_forward_mb`` = that peak minus the child's RSS before the
-model was built; ``forward_mb`` = the peak minus the RSS with the model loaded (activations, workspaces,
-allocator growth). Building a compacted form passes through the dense model, which is freed (and the heap
-trimmed) before the loaded RSS is read.
+rebuild`: the same family, mask and compaction) with its weights' storage released, reads its baseline RSS,
+then loads the weights from the form's safetensors file (or opens the ONNX file in an ONNX Runtime session);
+runs one batch-1 warm-up pass; resets the kernel's resident-set high-water mark (``/proc/self/clear_refs``);
+runs one batch-32 forward pass and reads ``resource.getrusage(...).ru_maxrss``. ``model_and_forward_mb`` =
+that peak minus the baseline (the weights, the forward pass and the runtime's lazy state; for conv filters
+the rebuild's filter discovery has already run one traced forward pass of every PyTorch form before the
+baseline, so torch's lazy state is mostly outside their numbers, while ONNX Runtime's is inside its own);
+``forward_mb`` = the peak minus the RSS with the model loaded and warmed up (activations, workspaces,
+allocator growth).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import resource
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from plprune.bench.latency.families import TASK, LogitsOf
 from plprune.bench.latency.onnx_runtime import ort_call, ort_session
@@ -69,31 +72,57 @@ def _reset_peak() -> bool:
         return False
 
 
-def _load_torch(job: dict[str, Any]) -> nn.Module:
-    """The job's PyTorch form: rebuilt from the spec and mask, its weights loaded from its safetensors file
-    (strict: every tensor present, every shape equal), wrapped as ``input -> Tensor``, in eval mode."""
-    from safetensors.torch import load_model
+@dataclass
+class _Skeleton:
+    """A rebuilt form whose weights (parameters and persistent buffers, each tensor once: ties stay ties)
+    hold no storage, with the shapes and dtypes to give them back."""
 
+    model: nn.Module  # the form as saved (its state dict is the safetensors file's)
+    module: nn.Module  # the form as called: input -> Tensor
+    tensors: list[tuple[Tensor, torch.Size, torch.dtype]]
+
+    def fill(self, weights: str) -> nn.Module:
+        """Storage for every weight again, filled from the safetensors file ``weights`` (strict: every
+        tensor present, every shape equal); the callable module in eval mode."""
+        from safetensors.torch import load_model
+
+        for tensor, shape, dtype in self.tensors:
+            tensor.data = torch.empty(shape, dtype=dtype)
+        load_model(self.model, weights, strict=True)
+        return self.module.eval()
+
+
+def _skeleton(job: dict[str, Any]) -> _Skeleton:
+    """The job's PyTorch form rebuilt from its spec and mask (the same family, mask and compaction as in
+    the parent), wrapped as ``input -> Tensor``, with its weights' storage released. Building passes through
+    the dense model (and, for filters, traced forward passes); all of that is done before the baseline is
+    read, so the measured memory is the weights' and the forward pass's, as when loading a saved model."""
     model = rebuild(job["spec"], job["variant"], job["mask"])
-    load_model(model, job["weights"], strict=True)
-    return (LogitsOf(model) if job["spec"].model in TASK else model).eval()
+    seen: dict[int, tuple[Tensor, torch.Size, torch.dtype]] = {}
+    for tensor in model.state_dict(keep_vars=True).values():
+        if id(tensor) not in seen:
+            seen[id(tensor)] = (tensor, tensor.shape, tensor.dtype)
+            tensor.data = torch.empty(0, dtype=tensor.dtype)
+    module = LogitsOf(model) if job["spec"].model in TASK else model
+    return _Skeleton(model, module, list(seen.values()))
 
 
 def _memory_job(job: dict[str, Any]) -> dict[str, Any]:
     """Runs in a fresh process: load one variant, one batch-1 warm-up pass (lazy initialisation of the
     runtimes: thread pools, kernels, caches), reset the RSS high-water mark, one batch-32 forward pass."""
     torch.set_num_threads(job["threads"])
+    skeleton = _skeleton(job) if job["kind"] == "torch" else None
     _trim()
     baseline = _rss_kb()
     call: Callable[[], Any]
     warm: Callable[[], Any] | None = None
-    if job["kind"] == "ort":
+    if skeleton is None:
         session = ort_session(Path(job["path"]), job["threads"])
         call = ort_call(session, job["input"])
         if job.get("warmup") is not None:
             warm = ort_call(session, job["warmup"])
     else:
-        module = _load_torch(job)
+        module = skeleton.fill(job["weights"])
         call = lambda: module(job["input"])  # noqa: E731
         if job.get("warmup") is not None:
             warm = lambda: module(job["warmup"])  # noqa: E731

@@ -116,14 +116,20 @@ def build_variants(spec: LatencySpec) -> Variants:
 
 def rebuild(spec: LatencySpec, name: str, mask: Tensor) -> nn.Module:
     """The (unwrapped, freshly initialised) model of form ``name``, built as :func:`build_variants` builds
-    it: the same family, the same mask, the same compaction; its weights are for the caller to load."""
+    it: the same family, the same mask, the same compaction; its weights are for the caller to load. For
+    conv filters every form, the dense one included, passes through the same filter discovery (one traced
+    forward pass), so that the forms of one run have done the same work before they are measured."""
     if name not in TORCH_VARIANTS:
         raise PlpruneError(f"no PyTorch form {name!r}; valid: {', '.join(TORCH_VARIANTS)}")
     family = build_family(spec)
-    if name == "dense":
+    kind = KIND[spec.model]
+    if name == "dense" and kind != "filter":
         return family.model
     dense = copy.deepcopy(family.model) if name == "torch-pruning" else None
-    groups = _gate(family, KIND[spec.model])
+    groups = _gate(family, kind)  # filters: a traced forward pass for every form alike, dense included
+    if name == "dense":
+        groups.remove_hooks()
+        return family.model
     groups.apply_mask(mask)
     if name == "masked":
         return family.model
