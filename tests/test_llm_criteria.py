@@ -576,3 +576,38 @@ def test_missing_data_nan_activations_and_out_of_order_calls_are_refused() -> No
     for make in (plprune.scorers.FLAP, plprune.scorers.WandaSP):
         with pytest.raises(PlpruneError, match="o_proj holds NaN or Inf"):
             make(batches=1).scores(context)
+
+
+# -- data-parallel ranks pool their calibration statistics ----------------------------------------------
+def test_ranks_pool_their_statistics_into_those_of_the_whole_batch(monkeypatch) -> None:
+    """Two ranks with unequal shards (3 and 1 samples): what each sends through ``all_gather`` merges into
+    the count, mean and variance of the whole batch. The collective is replaced by the other rank's
+    message (the real gloo ``all_gather`` is exercised by tests/test_ddp.py)."""
+    import plprune.pruners.activations as activations
+
+    reader = nn.Linear(6, 3).double()
+    data = probe_batch(0)
+    shards = {0: data[:3], 1: data[3:]}
+    sent: dict[int, Tensor] = {}
+
+    def collect(rank: int) -> activations.ChannelStats:
+        stats = activations.collect_input_stats(
+            {"reader": reader}, lambda b: reader(shards[rank]), 1, distributed=True
+        )
+        return stats["reader"]
+
+    for rank in (0, 1):  # what each rank sends
+
+        def record(tensor: Tensor, rank: int = rank) -> list[Tensor]:
+            sent[rank] = tensor.clone()
+            return [tensor]
+
+        monkeypatch.setattr(activations.dist, "all_gather", record)
+        collect(rank)
+    rows = data.reshape(-1, 6)
+    for rank in (0, 1):
+        monkeypatch.setattr(activations.dist, "all_gather", lambda t: [sent[0], sent[1]])
+        pooled = collect(rank)
+        assert pooled.count == rows.shape[0]
+        torch.testing.assert_close(pooled.mean, rows.mean(dim=0), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(pooled.variance, rows.var(dim=0, correction=1), rtol=1e-12, atol=1e-14)
