@@ -33,9 +33,10 @@ same event. A later event compensates only the groups it newly removes. A create
 Adaptations: x̄ and Var are exact over every calibration token (float64, batches merged with Chan's update;
 FLAP's code keeps an approximate running update per sample); heads and channels are found from each group's
 own parameter slices (:mod:`plprune.pruners.activations`), not by family; already pruned channels are left
-out of the standardisation statistics (FLAP prunes once). The :class:`CreatedBiases` plugin records the created biases in the Pruner's state, so a resumed run recreates them before the model's weights
-load. A reload outside plprune needs a model config that declares the biases (e.g. Llama's
-``attention_bias``/``mlp_bias``).
+out of the standardisation statistics (FLAP prunes once). The :class:`CreatedBiases` plugin records the
+created biases in the Pruner's state, so a resumed run recreates them before the model's weights load. A
+reload outside plprune needs a model config that declares the biases (e.g. Llama's
+``attention_bias``/``mlp_bias``, with zero biases for the other projections those flags add).
 """
 
 from __future__ import annotations
@@ -180,6 +181,7 @@ class FLAPScorer(GroupScorer):
         """Bias compensation (Eq. 9): for every group that ``mask`` newly removes, add ``W_{:,P} x̄_P`` of
         its output-projection columns ``P`` to that projection's bias."""
         if not self.compensate:
+            self._event = None
             return
         if self._event is None or self._event[0] != context.event_index:
             raise PlpruneError(
