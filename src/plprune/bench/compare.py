@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import platform
 import shutil
 import signal
@@ -24,6 +23,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from plprune.bench import harness
 from plprune.bench.suites import Job
 from plprune.errors import RunDirError
 from plprune.run_config import RunConfig, config_differences, normalised_saved_config
@@ -101,14 +101,9 @@ def write_suite_file(out: Path, suite: str, jobs: list[Job], command: str, worke
             {"task": j.task, "variant": j.variant, "seed": j.seed, "dir": str(j.run_dir.relative_to(out))}
             for j in jobs
         ],
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "workers": workers,
-            "threads_per_run": 1,
-        },
+        "machine": harness.machine(
+            python=platform.python_version(), torch=torch.__version__, workers=workers, threads_per_run=1
+        ),
     }
     previous = out / SUITE_FILE
     if previous.is_file():  # keep the union of runs asked for over several invocations
