@@ -27,14 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from plprune.bench.stats import t_quantile
+from plprune.train.metrics import read_jsonl
 
 REFERENCE = {"weight": "magnitude", "filter": "pl"}
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def regulariser_share(run_dir: Path) -> tuple[float | None, float | None]:
@@ -43,11 +38,11 @@ def regulariser_share(run_dir: Path) -> tuple[float | None, float | None]:
     An event at step ``s`` runs before optimizer step ``s`` (0-based); an evaluation logged with step ``e``
     follows ``e`` steps, so it sees the events with ``s < e``.
     """
-    events = _read_jsonl(run_dir / "pruning.jsonl")
+    events = read_jsonl(run_dir / "pruning.jsonl")
     if not events:
         return None, None
     last = max(event["step"] for event in events)
-    records = [r for r in _read_jsonl(run_dir / "metrics.jsonl") if r["step"] <= last and not r.get("final")]
+    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["step"] <= last and not r.get("final")]
     for record in reversed(records):
         keys = [key for key in record if key.endswith("zero_fraction")]
         if keys:
