@@ -220,7 +220,9 @@ def versions(*modules: str) -> dict[str, str]:
 # -- reports ------------------------------------------------------------------------------------------------
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     """A GitHub-markdown table as report lines: the header, the ``|---|`` separator and one line per row
-    (cells as ``str``; an empty cell stays empty)."""
+    (cells as ``str``; an empty cell stays empty). Unpadded, for reports whose cells are already formatted
+    strings; :func:`plprune.table.format_table` pads dict rows into aligned columns (terminal output and
+    the ``plprune compare`` report)."""
     if not header:
         raise PlpruneError("markdown_table needs at least one column")
 
