@@ -38,7 +38,7 @@ from plprune.bench.stats import paired_ratio, verdict
 from plprune.table import markdown_section
 
 PLANS = {"llama-heads-neurons-r50": "heads + neurons 50%", "llama-heads-r75": "heads 75%"}
-CRITERIA = ("pl", "random", "grad-score")
+CRITERIA = ("pl", "random", "grad-score")  # heads alone: pl and random (the suite)
 KEY = "test_ppl"
 SETUP = (
     "Suite `transformer-units` (`plprune.bench.suites`): the Llama-style causal LM of `hf-llama-wikitext2` "

@@ -179,7 +179,7 @@ def _rebuilt_config(config: Any, updates: dict[str, Any]) -> Any:
 def heads_describable(config: Any, heads: int) -> bool | None:
     """Whether ``config``'s family can describe ``heads`` query heads per layer at the current head size
     (its own validation run through ``from_dict``, e.g. the Llama family's ``hidden % heads == 0``);
-    ``None`` when the family cannot describe pruned heads at all (head size = hidden / heads) or is unknown."""
+    ``None`` when the family cannot describe pruned heads at all (head size = hidden / heads) or unknown."""
     keys = FAMILIES.get(str(getattr(config, "model_type", "")))
     if keys is None or keys.heads is None:
         return None
@@ -189,7 +189,7 @@ def heads_describable(config: Any, heads: int) -> bool | None:
         updates[keys.head_dim] = size or config.hidden_size // getattr(config, keys.heads)
     try:
         _rebuilt_config(config, updates)
-    except (ValueError, TypeError, KeyError):
+    except Exception:  # the config's validators raise their own error types (huggingface_hub's, ValueError)
         return False
     return True
 

@@ -97,6 +97,7 @@ def _stage(state: dict[str, Any], name: str, work: Path) -> Iterator[dict[str, A
     record: dict[str, Any] = {}
     started = time.perf_counter()
     yield record
+    work.mkdir(parents=True, exist_ok=True)
     record["seconds"] = round(time.perf_counter() - started, 3)
     state["stages"][name] = record
     atomic_write_text(work / "state.json", json.dumps(state, indent=2) + "\n")
@@ -134,8 +135,7 @@ def _check_start(settings: CompressSettings) -> tuple[Path, dict[str, Any]]:
                         + "); use the original settings, or --force to start again"
                     )
                 return work, state
-    work.mkdir(parents=True, exist_ok=True)
-    return work, {"settings": settings.to_dict(), "stages": {}}
+    return work, {"settings": settings.to_dict(), "stages": {}}  # the directory appears with the first stage
 
 
 def _save_stage_model(model: nn.Module, pruner: Any, directory: Path) -> str:
@@ -172,30 +172,78 @@ def _rebuilt_pruner(settings: CompressSettings, mask: list[bool], model: nn.Modu
     return rebuilt, SimpleNamespace(groups=groups, compacted=True)
 
 
+def get_method_settings(settings: CompressSettings) -> Any:
+    """The criterion's settings dataclass (unknown or invalid settings raise)."""
+    from plprune.pruners.registry import get_method
+
+    return get_method(settings.method).settings(settings.method_settings or None)
+
+
+def _describable_heads(model: nn.Module, groups: Any, allocation: str) -> Any:
+    """A test of ratios: the same head count is kept in every layer and the model's config can say it
+    (:func:`plprune.compaction.hf_config.heads_describable`); ``None`` where no config could describe pruned
+    heads anyway (BERT-style: the plprune.export way) or no heads are pruned."""
+    from plprune.compaction.hf_config import heads_describable
+    from plprune.keep import select_mask
+
+    config = getattr(model, "config", None)
+    if config is None or allocation != "per_layer" or "head" not in groups.kinds:
+        return None
+    index = groups.kind_index("head")
+    layers = groups.layer_ids[index]
+    per_layer = int((layers == layers[0]).sum())
+    if heads_describable(config, per_layer) is None:
+        return None
+    answers: dict[int, bool] = {}
+
+    def acceptable(ratios: dict[str, float]) -> bool:
+        kept = select_mask(groups, torch.zeros(len(groups)), ratios, allocation)[index]
+        counts = {int(kept[layers == layer].sum()) for layer in layers.unique()}
+        if len(counts) != 1:
+            return False
+        count = counts.pop()
+        if count not in answers:
+            answers[count] = bool(heads_describable(config, count))
+        return answers[count]
+
+    return acceptable
+
+
+def _plan(model: nn.Module, settings: CompressSettings) -> tuple[Any, dict[str, float], float, bool]:
+    """``(groups, ratios, expected kept fraction, rounded)``, checked before any stage runs: the kinds are in
+    the model, the criterion scores them, and the target is reachable."""
+    from plprune.gates import GroupSet
+    from plprune.pruners.registry import check_method_kinds
+
+    check_method_kinds(settings.method, settings.kinds)
+    groups = GroupSet(model, settings.kinds)
+    ratios, expected, rounded = solve_ratios(
+        groups,
+        parameter_count(model),
+        settings.keep_params,
+        settings.kind_ratios,
+        settings.allocation,
+        _describable_heads(model, groups, settings.allocation),
+    )
+    if max(ratios.values()) <= 0:
+        groups.remove_hooks()
+        raise PlpruneError("the target removes nothing: raise the ratios or lower --keep-params")
+    return groups, ratios, expected, rounded
+
+
 def _score_and_compact(
     model: nn.Module, settings: CompressSettings, calibration: list[Any], record: dict[str, Any]
 ) -> Any:
     """Prune ``model`` in place at the budget's ratios by the criterion; returns the compacted Pruner."""
-    from plprune.gates import GroupSet
     from plprune.pruner import Pruner
     from plprune.pruners.registration import BuildInfo
-    from plprune.pruners.registry import build_scorer, check_method_kinds, get_method
+    from plprune.pruners.registry import build_scorer
     from plprune.schedules import OneShot
 
-    check_method_kinds(settings.method, settings.kinds)
-    spec = get_method(settings.method)
-    scorer = build_scorer(
-        settings.method, spec.settings(settings.method_settings or None), BuildInfo(1, len(calibration))
-    )
-    groups = GroupSet(model, settings.kinds)
-    total = parameter_count(model)
-    ratios, expected = solve_ratios(
-        groups, total, settings.keep_params, settings.kind_ratios, settings.allocation
-    )
-    record.update(ratios=ratios, expected_kept_fraction=expected)
+    scorer = build_scorer(settings.method, get_method_settings(settings), BuildInfo(1, len(calibration)))
+    groups, ratios, expected, rounded = _plan(model, settings)
+    record.update(ratios=ratios, expected_kept_fraction=expected, rounded_for_config=rounded)
     top = max(ratios.values())
-    if top <= 0:
-        raise PlpruneError("the target removes nothing: raise the ratios or lower --keep-params")
     pruner = Pruner(
         model,
         scorer,
@@ -254,6 +302,9 @@ def compress(settings: CompressSettings) -> dict[str, Any]:
     torch.manual_seed(settings.seed)
     model, objective = load_model(settings.model_dir, settings.device)
     codec: TextCodec = load_codec(settings.model_dir, settings.tokenizer, model, objective)
+    if "prune" not in state["stages"]:  # fail on the kinds, criterion or target before any stage runs
+        get_method_settings(settings)
+        _plan(model, settings)[0].remove_hooks()
     text = read_text(settings.data, "calibration")
     inputs, labels = text_blocks(text, codec, settings.seq_len, "calibration")
     if settings.eval_data is not None:

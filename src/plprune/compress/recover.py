@@ -70,7 +70,7 @@ def recover(
         optimizer.step()
         losses.append(float(loss.detach()))
         if progress is not None:
-            progress(float(loss))
+            progress(losses[-1])
     trained.eval()
     if mode == "lora":
         trained = trained.merge_and_unload()

@@ -88,6 +88,11 @@ def write_report(state: dict[str, Any], directory: Path) -> dict[str, Any]:
         f"({settings['allocation'].replace('_', '-')} allocation), ratios "
         + ", ".join(f"{k} {v:.1%}" for k, v in prune["ratios"].items())
         + (f" (solved for --keep-params {settings['keep_params']})" if settings.get("keep_params") else "")
+        + (
+            " — raised to the next head count the model's config can describe, so from_pretrained reloads it"
+            if prune.get("rounded_for_config")
+            else ""
+        )
         + f"; scoring took {prune['scoring_seconds']:.1f} s on {data['calibration_blocks']} calibration "
         f"sequences of {settings['seq_len']} tokens from `{settings['data']}`.  ",
         f"Perplexity: {data['eval_blocks']} held-out sequences ({data['eval_source']}); "

@@ -6,12 +6,15 @@ in no group (embeddings, norms, a grouped-query model's key/value projections) a
 groups an allocation removes at a ratio does not depend on the scores in number (per layer:
 ``count − max(1, count − prune_count(count, r))`` of each layer; global: ``prune_count`` of the kind, by
 the same rounding rules), so the removed size at ratio ``r`` is computed with equal scores and the smallest
-``r`` on a grid of 1/1000 that meets the budget is chosen (the removed size is monotone in ``r``).
+``r`` on a grid of 1/1000 that meets the budget is chosen (the removed size is monotone in ``r``). Where
+an ``acceptable`` test is given (``plprune compress``: the model's config must be able to describe the
+head count, so that ``from_pretrained`` reloads the result), the ratio is raised step by step to the first
+one it accepts — rounded up, so the budget still holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -49,21 +52,25 @@ def solve_ratios(
     keep_params: float | None,
     fixed: Mapping[str, float],
     allocation: str,
-) -> tuple[dict[str, float], float]:
-    """``({kind: ratio}, expected fraction of parameters kept)``: the fixed ratios, and for every other kind
-    of ``groups`` the smallest shared ratio on the grid whose removal keeps ≤ ``keep_params`` of
+    acceptable: Callable[[dict[str, float]], bool] | None = None,
+) -> tuple[dict[str, float], float, bool]:
+    """``({kind: ratio}, expected fraction of parameters kept, rounded)``: the fixed ratios, and for every
+    other kind of ``groups`` the smallest shared ratio on the grid whose removal keeps ≤ ``keep_params`` of
     ``total_params``. Raises when even the largest ratio cannot reach the budget (e.g. fewer parameters
-    than the embeddings alone)."""
+    than the embeddings alone). ``rounded``: the ratio was raised past the smallest one to meet
+    ``acceptable`` (module docstring); when no ratio is acceptable the smallest is kept, unrounded."""
     sizes = group_sizes(groups)
     free = [k for k in groups.kinds if k not in fixed]
     if keep_params is None or not free:
         ratios = {k: float(fixed.get(k, 0.0)) for k in groups.kinds}
-        return ratios, 1 - removed_size(groups, ratios, allocation, sizes) / total_params
+        return ratios, 1 - removed_size(groups, ratios, allocation, sizes) / total_params, False
     budget = total_params * (1 - keep_params)
 
+    def at(step: int) -> dict[str, float]:
+        return {**{k: float(v) for k, v in fixed.items()}, **dict.fromkeys(free, step / GRID)}
+
     def removed(step: int) -> float:
-        ratios = {**dict(fixed), **dict.fromkeys(free, step / GRID)}
-        return removed_size(groups, ratios, allocation, sizes)
+        return removed_size(groups, at(step), allocation, sizes)
 
     top = GRID - 1  # a ratio below 1: every layer keeps at least one group
     if removed(top) < budget:
@@ -81,5 +88,7 @@ def solve_ratios(
             high = middle
         else:
             low = middle + 1
-    ratios = {**{k: float(v) for k, v in fixed.items()}, **dict.fromkeys(free, low / GRID)}
-    return ratios, 1 - removed(low) / total_params
+    chosen = low
+    if acceptable is not None:
+        chosen = next((step for step in range(low, top + 1) if acceptable(at(step))), low)
+    return at(chosen), 1 - removed(chosen) / total_params, chosen != low
