@@ -289,3 +289,23 @@ def test_bad_input_gives_one_clear_error_and_writes_nothing(
         (workspace / "bad-out").rmdir()
     else:
         assert not (workspace / "bad-out").exists()
+
+
+@pytest.mark.parametrize("method", ["magnitude", "taylor", "wanda-sp", "flap", "block-influence"])
+def test_every_calibration_criterion_gives_a_model_transformers_reloads(workspace: Path, method: str) -> None:
+    """FLAP's compensation biases (created on a bias-free Llama) are described by the config's bias flags;
+    block influence removes whole layers (the config's layer count follows)."""
+    kinds = ("layer",) if method == "block-influence" else ("head", "neuron")
+    extra = {"kind_ratios": {"layer": 0.5}, "keep_params": None} if method == "block-influence" else {}
+    report = compress(_settings(workspace, "llama", f"llama-{method}", method=method, kinds=kinds, **extra))
+    out = workspace / f"llama-{method}"
+    assert report["stages"]["save"]["format"] == "save_pretrained"
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    tokenizer = WordTokenizer.from_dict(json.loads((out / "plprune_tokenizer.json").read_text()))
+    assert _next_token_ppl(reloaded, workspace, tokenizer) == pytest.approx(
+        report["stages"]["prune"]["perplexity"], rel=1e-4
+    )
+    if method == "flap":
+        assert reloaded.config.mlp_bias or reloaded.config.attention_bias
+    if method == "block-influence":
+        assert reloaded.config.num_hidden_layers == 1

@@ -138,6 +138,40 @@ def _check_start(settings: CompressSettings) -> tuple[Path, dict[str, Any]]:
     return work, {"settings": settings.to_dict(), "stages": {}}  # the directory appears with the first stage
 
 
+# per config flag, the projections it gives a bias (the Llama family: attention_bias, mlp_bias)
+_BIAS_FLAGS = {
+    "attention_bias": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp_bias": ("gate_proj", "up_proj", "down_proj"),
+}
+
+
+def _describe_created_biases(model: nn.Module) -> list[str]:
+    """Make the config say the biases a criterion created (FLAP's bias compensation on a bias-free Llama):
+    where a projection covered by a config flag (``attention_bias``, ``mlp_bias``) has a bias the config
+    denies, set the flag and give its sibling projections zero biases, so ``from_pretrained`` builds the
+    same tensors (the reload check of ``save_pretrained`` confirms it). Returns the flags set."""
+    config = getattr(model, "config", None)
+    flags: list[str] = []
+    for flag, names in _BIAS_FLAGS.items():
+        if config is None or getattr(config, flag, None) is not False:
+            continue
+        linears = [
+            m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in names
+        ]
+        if not any(m.bias is not None for m in linears):
+            continue
+        for module in linears:
+            if module.bias is None:
+                weight = module.weight
+                module.bias = nn.Parameter(
+                    torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+                )
+            module.bias.requires_grad_(True)  # FLAP freezes the biases it creates; recovery may train them
+        setattr(config, flag, True)
+        flags.append(flag)
+    return flags
+
+
 def _save_stage_model(model: nn.Module, pruner: Any, directory: Path) -> str:
     """Write ``model`` to ``directory``: ``save_pretrained`` when its config describes it, else a plprune
     export (``pruner``: the compacted Pruner, or an object with its ``groups`` and ``compacted``). Returns
@@ -147,6 +181,7 @@ def _save_stage_model(model: nn.Module, pruner: Any, directory: Path) -> str:
 
     if directory.exists():
         shutil.rmtree(directory)
+    _describe_created_biases(model)
     if sync_hf_config(model).describable:
         save_pretrained(model, directory, verify=True)
         return "save_pretrained"
