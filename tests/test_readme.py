@@ -1,4 +1,4 @@
-"""The README's own-loop example runs as it stands, and does what it says."""
+"""The README's own-loop examples (and docs/byom.md's CNN example) run as they stand and do what they say."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
-def readme_block(marker: str) -> str:
-    """The first ```python block after the HTML comment ``marker`` in the README."""
-    text = README.read_text(encoding="utf-8")
+def readme_block(marker: str, path: Path = README) -> str:
+    """The first ```python block after the HTML comment ``marker`` in ``path`` (default: the README)."""
+    text = path.read_text(encoding="utf-8")
     start = text.index(f"<!-- {marker}")
     match = re.search(r"```python\n(.*?)```", text[start:], re.S)
     assert match, f"no python block after {marker}"
@@ -49,7 +50,7 @@ def test_gqa_example_prunes_heads_and_neurons_and_reloads_without_plprune(capsys
 
 def test_own_cnn_example_prunes_coupled_residual_channels_together_and_keeps_them_zero(capsys) -> None:
     namespace: dict = {}
-    exec(compile(readme_block("own-cnn-example"), "README.md", "exec"), namespace)
+    exec(compile(readme_block("own-cnn-example", ROOT / "docs" / "byom.md"), "README.md", "exec"), namespace)
     pruner, model = namespace["pruner"], namespace["model"]
     sites = {site.module_name: site for site in pruner.groups.sites}
     assert len(sites) == 2 and pruner.events_done == 3
