@@ -85,3 +85,16 @@ def test_missing_pruner_state_on_resume_is_a_clear_error(tmp_path: Path) -> None
     resumed_trainer, _ = build(tmp_path / "run")
     with pytest.raises(plprune.PlpruneError, match=r"plprune_pruner\.pt is missing"):
         resumed_trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-4"))
+
+
+def test_a_damaged_pruner_state_is_refused_naming_the_earlier_intact_checkpoint(tmp_path: Path) -> None:
+    trainer, _ = build(tmp_path / "run")
+    trainer.train()
+    saved = tmp_path / "run" / "checkpoint-8" / "plprune_pruner.pt"
+    assert (tmp_path / "run" / "checkpoint-8" / "plprune_pruner.pt.sha256").is_file()
+    data = bytearray(saved.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: the file still loads, but no longer matches its sha256
+    saved.write_bytes(bytes(data))
+    resumed_trainer, _ = build(tmp_path / "run")
+    with pytest.raises(plprune.PlpruneError, match=r"does not match its checksum.*checkpoint-4"):
+        resumed_trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-8"))
