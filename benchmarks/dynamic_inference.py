@@ -4,9 +4,9 @@ Trains, on MNIST-1D generated offline (``load_mnist1d``; one thread), for each s
 
 * ``static``: the plain CNN of the shape used throughout (``VGG(cfg=(32, "M", 64, "M", 64, "M", 128, "M"),
   dims=1)``: conv → BN → ReLU → 2× max-pool per block, GAP, linear) — the reference;
-* ``gated λ=…``: :class:`~plprune.sparsity.dynamic.ChannelGatedCNN` of the same shape, trained with
+* ``gated λ=…``: :class:`~plprune.models.dynamic.ChannelGatedCNN` of the same shape, trained with
   ``cross-entropy + λ · expected-ℓ0 of the gates`` for each λ;
-* ``dynconv K=4``: :class:`~plprune.sparsity.dynamic.DynamicConvCNN` of the same shape (temperature
+* ``dynconv K=4``: :class:`~plprune.models.dynamic.DynamicConvCNN` of the same shape (temperature
   annealed 30 → 1 over the first 30% of the steps, Chen et al. 2020).
 
 Then evaluates test accuracy, the MACs each test sample actually executes (gated: ``model.infer``, which
@@ -38,9 +38,9 @@ from torch import Tensor, nn
 
 from plprune.bench import harness
 from plprune.data.images import load_mnist1d
+from plprune.models.dynamic import ChannelGatedCNN, DynamicConvCNN, pooled_length
 from plprune.models.vgg import VGG
 from plprune.seeding import generator
-from plprune.sparsity.dynamic import ChannelGatedCNN, DynamicConvCNN, pooled_length
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "dynamic_inference"

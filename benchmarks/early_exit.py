@@ -1,6 +1,6 @@
 """Early-exit networks on a 2-core CPU: BranchyNet on MNIST-1D, PABEE on WikiText-2 windows.
 
-* **CNN (BranchyNet)**: :class:`plprune.sparsity.early_exit.MultiExitCNN` (3 blocks × 2 convs, widths
+* **CNN (BranchyNet)**: :class:`plprune.models.early_exit.MultiExitCNN` (3 blocks × 2 convs, widths
   32/64/128, an exit after each block) trained on MNIST-1D (5,000 samples generated locally with seed 0,
   4,000 train / 1,000 test) with the BranchyNet loss (equal weights), one run per seed; the same network
   trained on the same batches with only the final exit's loss is the single-exit reference. On the test
@@ -8,7 +8,7 @@
   early-exit inference (``infer_early_exit``): accuracy vs average exit depth and vs average MACs executed.
   Wall time of ``infer_early_exit`` at batch 1 and batch 256 (one thread, interleaved rounds) against the
   full multi-exit forward and the single-exit network.
-* **BERT (PABEE)**: :class:`plprune.sparsity.early_exit.MultiExitBertClassifier` (6 layers, hidden 64) on
+* **BERT (PABEE)**: :class:`plprune.models.early_exit.MultiExitBertClassifier` (6 layers, hidden 64) on
   a binary task built from WikiText-2, replaced-word detection: is a 32-token window the original text
   (label 1), or have 1-8 of its words been replaced by random vocabulary words (label 0)? Training windows
   come from ``valid.txt`` (random positions, fresh labels and replacements every batch), test windows from
@@ -43,9 +43,7 @@ from torch import Tensor
 from plprune.bench import harness
 from plprune.data import SPECIAL_TOKENS, WordTokenizer, load_mnist1d, read_wikitext_dir
 from plprune.models import BertConfig
-from plprune.models.filters import global_average_pool
-from plprune.seeding import derive_seed, generator
-from plprune.sparsity.early_exit import (
+from plprune.models.early_exit import (
     MultiExitBertClassifier,
     MultiExitCNN,
     branchynet_loss,
@@ -54,6 +52,8 @@ from plprune.sparsity.early_exit import (
     pabee_loss,
     patience_exit,
 )
+from plprune.models.filters import global_average_pool
+from plprune.seeding import derive_seed, generator
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "early_exit"

@@ -19,9 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     # the sparsity methods' maths and training hooks work on any Units; they import no model
     ("plprune.groups", "plprune.keep", "plprune.schedules", "plprune.task", "plprune.gating")
     + ("plprune.sparsity",),
-    # multi-exit and dynamic networks are models
-    ("plprune.models", "plprune.data", "plprune.curvature", "plprune.exact_norms")
-    + ("plprune.sparsity.early_exit", "plprune.sparsity.dynamic"),
+    ("plprune.models", "plprune.data", "plprune.curvature", "plprune.exact_norms"),
     ("plprune.sites", "plprune.gates", "plprune.sparsity.group_units"),
     ("plprune.pruners", "plprune.compaction"),
     # the library's entry points; export is the file format (safetensors, manifest, ONNX) and sits here with

@@ -1,4 +1,4 @@
-"""Dynamic inference (plprune.sparsity.dynamic): dynamic convolution and input-dependent channel gating."""
+"""Dynamic inference (plprune.models.dynamic): dynamic convolution and input-dependent channel gating."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from plprune.errors import PlpruneError
-from plprune.models.vgg import VGG
-from plprune.sparsity.dynamic import (
+from plprune.models.dynamic import (
     ChannelGatedCNN,
     ChannelGatedConv,
     ChannelSkippingRunner,
@@ -18,6 +17,7 @@ from plprune.sparsity.dynamic import (
     DynamicConvCNN,
     GatedInference,
 )
+from plprune.models.vgg import VGG
 from plprune.sparsity.hard_concrete import hard_concrete_gate, hard_concrete_l0
 
 CHANNELS = (6, 8, 8, 10)

@@ -1,4 +1,4 @@
-"""Multi-exit networks (plprune.sparsity.early_exit): BranchyNet's entropy exit and PABEE's patience exit."""
+"""Multi-exit networks (plprune.models.early_exit): BranchyNet's entropy exit and PABEE's patience exit."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 
 from plprune.errors import PlpruneError
 from plprune.models import BertConfig
-from plprune.sparsity.early_exit import (
+from plprune.models.early_exit import (
     MultiExitBertClassifier,
     MultiExitCNN,
     branchynet_loss,
