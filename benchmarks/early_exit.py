@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -37,28 +36,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from plprune.bench import harness
-from plprune.data import SPECIAL_TOKENS, WordTokenizer, load_mnist1d, read_wikitext_dir
+from plprune.data import load_mnist1d
+from plprune.data.replaced_words import (
+    ReplacedWordTask,
+    WindowSpec,
+    build_replaced_word_task,
+    training_batch,
+)
 from plprune.models import BertConfig
 from plprune.models.early_exit import (
     MultiExitBertClassifier,
     MultiExitCNN,
-    branchynet_loss,
     entropy_exit,
     normalized_entropy,
-    pabee_loss,
     patience_exit,
 )
-from plprune.models.filters import global_average_pool
 from plprune.seeding import derive_seed, generator
+from plprune.train.early_exit import train_multi_exit_bert, train_multi_exit_cnn
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "early_exit"
 DATA_DIR = ROOT.parent / "shared" / "data" / "wikitext-2"
-CLS_ID, FIRST_WORD_ID = SPECIAL_TOKENS.index("[CLS]"), len(SPECIAL_TOKENS)
 
 FULL = {
     "seeds": [0, 1, 2],
@@ -102,13 +103,6 @@ def meta(argv: list[str]) -> dict[str, Any]:
     }
 
 
-def linear_warmup_decay(optimizer: torch.optim.Optimizer, steps: int, warmup: float) -> Any:
-    warm = max(1, int(steps * warmup))
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
-    )
-
-
 def summarize_times(times: dict[str, list[float]], per: int, reference: str) -> dict[str, dict[str, float]]:
     """The report's keys for timings of :func:`plprune.bench.harness.time_rounds` (one warm-up round, then
     interleaved rounds, the starting variant rotating): median and quartiles in ms per sample (``per``
@@ -130,34 +124,18 @@ def train_cnn(data: Any, cfg: dict[str, Any], seed: int, weights: list[float]) -
     model = MultiExitCNN(
         cfg["widths"], in_channels=1, num_classes=data.num_classes, convs_per_block=cfg["convs_per_block"]
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    n = data.train_x.shape[0]
-    steps_per_epoch = math.ceil(n / cfg["batch_size"])
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch
+    seconds = train_multi_exit_cnn(
+        model,
+        data.train_x,
+        data.train_y,
+        epochs=cfg["epochs"],
+        batch_size=cfg["batch_size"],
+        lr=cfg["lr"],
+        weight_decay=cfg["weight_decay"],
+        order_generator=generator("early-exit", "cnn-order", seed),  # the same batches for every weighting
+        exit_weights=weights,
     )
-    order_gen = generator("early-exit", "cnn-order", seed)  # the same batches for every loss weighting
-    model.train()
-    start = time.perf_counter()
-    for _ in range(cfg["epochs"]):
-        order = torch.randperm(n, generator=order_gen)
-        for i in range(0, n, cfg["batch_size"]):
-            index = order[i : i + cfg["batch_size"]]
-            if index.numel() < 2:
-                continue
-            loss = branchynet_loss(model(data.train_x[index]), data.train_y[index], weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    return model.eval(), time.perf_counter() - start
-
-
-def final_exit_only(model: MultiExitCNN, x: Tensor) -> Tensor:
-    """The single-exit network: every block, then only the last exit head."""
-    for block in model.blocks:
-        x = block(x)
-    return model.heads[-1](global_average_pool(x))
+    return model, seconds
 
 
 def cnn_seed_run(
@@ -171,7 +149,7 @@ def cnn_seed_run(
     blocks, heads, cumulative = multi.block_macs(length), multi.head_macs(), multi.exit_macs(length)
     with torch.no_grad():
         full = multi(x)
-        single_acc = float((final_exit_only(single, x).argmax(1) == y).float().mean())
+        single_acc = float((single.final_exit(x).argmax(1) == y).float().mean())
     per_exit = [
         {
             "exit": i,
@@ -212,7 +190,7 @@ def time_cnn(multi: MultiExitCNN, single: MultiExitCNN, x: Tensor, cfg: dict[str
     x = x[:n]
     out: dict[str, Any] = {"samples": n, "rounds": cfg["timing_rounds"], "variants": {}}
     fns: dict[str, Callable[[Tensor], Any]] = {
-        "single-exit network": lambda t: final_exit_only(single, t),
+        "single-exit network": single.final_exit,
         "multi-exit forward (all exits)": multi,
     }
     for threshold in cfg["timed_thresholds"]:
@@ -273,76 +251,16 @@ def run_cnn(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 # -- BERT (PABEE) -------------------------------------------------------------------------------------------
-def shuffle_span(
-    window: Tensor, gen: torch.Generator, span_min: int, span_max: int
-) -> tuple[Tensor | None, int]:
-    """A copy of ``window`` with one span of span_min..span_max tokens permuted (None if it cannot change)."""
-    for _ in range(20):
-        span = int(torch.randint(span_min, span_max + 1, (1,), generator=gen))
-        start = int(torch.randint(0, window.numel() - span + 1, (1,), generator=gen))
-        out = window.clone()
-        out[start : start + span] = window[start : start + span][torch.randperm(span, generator=gen)]
-        if not torch.equal(out, window):
-            return out, span
-    return None, 0
-
-
-def replace_tokens(
-    window: Tensor, gen: torch.Generator, k_min: int, k_max: int, vocab_size: int
-) -> tuple[Tensor, int]:
-    """A copy of ``window`` with k_min..k_max tokens (distinct positions) replaced by other random words."""
-    k = int(torch.randint(k_min, k_max + 1, (1,), generator=gen))
-    positions = torch.randperm(window.numel(), generator=gen)[:k]
-    out = window.clone()
-    # uniform over the real words (ids >= 5, after the special tokens); the shift never maps a word to itself
-    offset = torch.randint(1, vocab_size - FIRST_WORD_ID, (k,), generator=gen)
-    out[positions] = (window[positions].clamp_min(FIRST_WORD_ID) - FIRST_WORD_ID + offset) % (
-        vocab_size - FIRST_WORD_ID
-    ) + FIRST_WORD_ID
-    return out, k
-
-
-def make_windows(
-    stream: Tensor, starts: Tensor, labels: Tensor, cfg: dict[str, Any], gen: torch.Generator, vocab_size: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``[CLS] + window`` ids for each start, labels, and the corruption size (words replaced or span
-    shuffled; 0 for original windows). Windows with label 0 are corrupted (``cfg["corruption"]``)."""
-    rows, kept, sizes = [], [], []
-    for start, label in zip(starts.tolist(), labels.tolist(), strict=True):
-        window, size = stream[start : start + cfg["window"]], 0
-        if label == 0 and cfg["corruption"] == "shuffle":
-            window, size = shuffle_span(window, gen, cfg["corrupt_min"], cfg["corrupt_max"])
-            if window is None:
-                continue
-        elif label == 0:
-            window, size = replace_tokens(window, gen, cfg["corrupt_min"], cfg["corrupt_max"], vocab_size)
-        rows.append(torch.cat([torch.tensor([CLS_ID]), window]))
-        kept.append(label)
-        sizes.append(size)
-    return torch.stack(rows), torch.tensor(kept), torch.tensor(sizes)
-
-
-def build_text_task(cfg: dict[str, Any]) -> dict[str, Any]:
-    corpus = read_wikitext_dir(DATA_DIR)  # valid.txt for training, test.txt for test (project convention)
-    tokenizer = WordTokenizer.build(corpus.train, min_freq=cfg["min_freq"], max_size=cfg["max_vocab"])
-    train_stream = torch.tensor(tokenizer.encode(corpus.train))
-    test_stream = torch.tensor(tokenizer.encode(corpus.test))
-    w = cfg["window"]
-    n_test = min(cfg["test_windows"], (test_stream.numel() - 1) // w)
-    test_gen = generator("early-exit", "pabee-test")
-    labels = torch.arange(n_test) % 2
-    labels = labels[torch.randperm(n_test, generator=test_gen)]
-    test_ids, test_y, test_sizes = make_windows(
-        test_stream, torch.arange(n_test) * w, labels, cfg, test_gen, tokenizer.vocab_size
+def build_text_task(cfg: dict[str, Any]) -> ReplacedWordTask:
+    spec = WindowSpec(cfg["window"], cfg["corruption"], cfg["corrupt_min"], cfg["corrupt_max"])
+    return build_replaced_word_task(
+        DATA_DIR,  # valid.txt for training, test.txt for test (project convention)
+        spec,
+        cfg["test_windows"],
+        generator("early-exit", "pabee-test"),
+        min_freq=cfg["min_freq"],
+        max_vocab=cfg["max_vocab"],
     )
-    return {
-        "source": corpus.source,
-        "tokenizer": tokenizer,
-        "train_stream": train_stream,
-        "test_ids": test_ids,
-        "test_y": test_y,
-        "test_sizes": test_sizes,
-    }
 
 
 def task_description(cfg: dict[str, Any], n_test: int) -> str:
@@ -361,20 +279,11 @@ def task_description(cfg: dict[str, Any], n_test: int) -> str:
     )
 
 
-def train_batch(task: dict[str, Any], cfg: dict[str, Any], step: int) -> tuple[Tensor, Tensor]:
-    gen = generator("early-exit", "pabee-train", cfg["seed"], step)
-    stream = task["train_stream"]
-    starts = torch.randint(0, stream.numel() - cfg["window"], (cfg["batch_size"],), generator=gen)
-    labels = torch.randint(0, 2, (cfg["batch_size"],), generator=gen)
-    ids, y, _ = make_windows(stream, starts, labels, cfg, gen, task["tokenizer"].vocab_size)
-    return ids, y
-
-
 def train_bert(
-    task: dict[str, Any], cfg: dict[str, Any], last_only: bool
+    task: ReplacedWordTask, cfg: dict[str, Any], last_only: bool
 ) -> tuple[MultiExitBertClassifier, float]:
     config = BertConfig(
-        vocab_size=task["tokenizer"].vocab_size,
+        vocab_size=task.vocab_size,
         hidden_size=cfg["hidden"],
         num_layers=cfg["layers"],
         num_heads=cfg["heads"],
@@ -386,38 +295,27 @@ def train_bert(
     )
     torch.manual_seed(derive_seed("early-exit", "bert-init", cfg["seed"]))
     model = MultiExitBertClassifier(config, num_classes=2)
-    decay = [p for n, p in model.named_parameters() if p.dim() > 1 and "embedding" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() > 1 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": rest, "weight_decay": 0.0}],
-        lr=cfg["lr"],
-    )
-    scheduler = linear_warmup_decay(optimizer, cfg["steps"], cfg["warmup"])
-    model.train()
-    start = time.perf_counter()
-    for step in range(cfg["steps"]):
-        ids, y = train_batch(task, cfg, step)
-        logits = model(ids)
-        loss = F.cross_entropy(logits[-1], y) if last_only else pabee_loss(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
+
+    def batch(step: int) -> tuple[Tensor, Tensor]:
+        return training_batch(
+            task, cfg["batch_size"], generator("early-exit", "pabee-train", cfg["seed"], step)
+        )
+
+    def log(step: int, loss: Tensor) -> None:
         if step % 200 == 0 or step == cfg["steps"] - 1:
-            say(
-                f"  BERT ({'last layer only' if last_only else 'PABEE'}) step {step}: loss "
-                f"{float(loss.detach()):.4f}"
-            )
-    return model.eval(), time.perf_counter() - start
+            say(f"  BERT ({'last layer only' if last_only else 'PABEE'}) step {step}: loss {float(loss):.4f}")
 
-
-def last_layer_only(model: MultiExitBertClassifier, ids: Tensor) -> Tensor:
-    """The single-exit BERT: every layer, then only the last layer's classifier."""
-    hidden = model.embed(ids)
-    for layer in model.layers:
-        hidden = layer(hidden)
-    return model.classify(model.num_layers - 1, hidden)
+    seconds = train_multi_exit_bert(
+        model,
+        batch,
+        steps=cfg["steps"],
+        lr=cfg["lr"],
+        weight_decay=cfg["weight_decay"],
+        warmup_fraction=cfg["warmup"],
+        last_only=last_only,
+        on_step=log,
+    )
+    return model, seconds
 
 
 def batched_logits(model: MultiExitBertClassifier, ids: Tensor, batch: int = 256) -> list[Tensor]:
@@ -442,9 +340,9 @@ def by_size(result: Any, y: Tensor, sizes: Tensor) -> dict[str, dict[str, float]
 def run_bert(config: dict[str, Any]) -> dict[str, Any]:
     cfg = config["bert"]
     task = build_text_task(cfg)
-    ids, y, sizes = task["test_ids"], task["test_y"], task["test_sizes"]
+    ids, y, sizes = task.test_ids, task.test_y, task.test_sizes
     say(
-        f"text task: vocab {task['tokenizer'].vocab_size}, {ids.shape[0]} test windows, "
+        f"text task: vocab {task.vocab_size}, {ids.shape[0]} test windows, "
         f"{float(y.float().mean()):.3f} in original order"
     )
     pabee, pabee_s = train_bert(task, cfg, last_only=False)
@@ -488,7 +386,7 @@ def run_bert(config: dict[str, Any]) -> dict[str, Any]:
     n, b = cfg["timing_samples"], cfg["timing_batch"]
     x1, xb = ids[:n], ids[:b]
     fns: dict[str, Callable[[Tensor], Any]] = {
-        "single-exit BERT (last layer)": lambda t: last_layer_only(single, t),
+        "single-exit BERT (last layer)": single.last_layer,
         **{
             f"PABEE patience {p}": (lambda t, p=p: pabee.infer_patience(t, p))
             for p in range(1, cfg["layers"])
@@ -505,9 +403,9 @@ def run_bert(config: dict[str, Any]) -> dict[str, Any]:
         )
     return {
         "task": task_description(cfg, ids.shape[0]),
-        "source": task["source"] + " (train on valid.txt, evaluate on test.txt: the official train split is "
+        "source": task.source + " (train on valid.txt, evaluate on test.txt: the official train split is "
         "not available here)",
-        "vocab_size": task["tokenizer"].vocab_size,
+        "vocab_size": task.vocab_size,
         "settings": cfg,
         "parameters": sum(p.numel() for p in pabee.parameters()),
         "test_windows": ids.shape[0],

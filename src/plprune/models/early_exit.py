@@ -318,6 +318,14 @@ class MultiExitCNN(nn.Module):
             out.append(head(global_average_pool(x)))
         return out
 
+    def final_exit(self, x: Tensor) -> Tensor:
+        """The single-exit network: every block, then only the last exit head; ``(N, num_classes)``
+        (``forward(x)[-1]`` without computing the other exits)."""
+        self._check_input(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.heads[-1](global_average_pool(x))
+
     def block_macs(self, length: int) -> list[int]:
         """Conv MACs per sample of each block for inputs of ``length`` (BatchNorm, ReLU, pool not counted)."""
         length = check_positive_int("length", length)
@@ -494,6 +502,15 @@ class MultiExitBertClassifier(nn.Module):
             hidden = layer(hidden, attention_mask)
             out.append(self.classify(j, hidden))
         return out
+
+    def last_layer(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """The single-exit BERT: every layer, then only the last layer's classifier; ``(B, num_classes)``
+        (``forward(...)[-1]`` without the other exits)."""
+        self._check_inputs(input_ids, attention_mask)
+        hidden = self.embed(input_ids)
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask)
+        return self.classify(self.num_layers - 1, hidden)
 
     def layer_macs(self, length: int) -> int:
         """MACs per sample of one encoder layer on ``length`` tokens: Q, K, V and output projections
