@@ -41,6 +41,7 @@ from plprune.data.images import load_mnist1d
 from plprune.models.dynamic import ChannelGatedCNN, DynamicConvCNN, pooled_length
 from plprune.models.vgg import VGG
 from plprune.seeding import generator
+from plprune.train.dynamic_inference import train_dynamic_network
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "dynamic_inference"
@@ -92,35 +93,20 @@ def static_macs(num_classes: int) -> int:
 
 
 def train(model: nn.Module, kind: str, data: Any, cfg: dict[str, Any], seed: int, lam: float | None) -> float:
-    """Adam with a one-cycle schedule; returns the training wall time in seconds."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    n, batch = data.train_x.shape[0], cfg["batch_size"]
-    per_epoch = n // batch
-    total = cfg["epochs"] * per_epoch
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg["lr"], total_steps=total, pct_start=0.15)
-    order = generator(seed, "order")
-    anneal = max(1, int(cfg["temperature_anneal_fraction"] * total))
-    started, step = time.perf_counter(), 0
-    for _ in range(cfg["epochs"]):
-        model.train()
-        permutation = torch.randperm(n, generator=order)
-        for i in range(per_epoch):
-            index = permutation[i * batch : (i + 1) * batch]
-            if kind == "dynconv":
-                t0 = cfg["temperature_start"]
-                model.set_temperature(max(1.0, t0 - (t0 - 1.0) * step / anneal))
-            loss = F.cross_entropy(model(data.train_x[index]), data.train_y[index])
-            if kind == "gated":
-                loss = model.penalized_loss(loss, lam)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-    if kind == "dynconv":
-        model.set_temperature(1.0)
-    model.eval()
-    return time.perf_counter() - started
+    """:func:`plprune.train.dynamic_inference.train_dynamic_network` with this benchmark's settings; returns
+    the training wall time in seconds."""
+    return train_dynamic_network(
+        model,
+        data.train_x,
+        data.train_y,
+        epochs=cfg["epochs"],
+        batch_size=cfg["batch_size"],
+        lr=cfg["lr"],
+        order_generator=generator(seed, "order"),
+        gate_penalty=lam if kind == "gated" else None,
+        temperature_start=cfg["temperature_start"],
+        anneal_fraction=cfg["temperature_anneal_fraction"],
+    )
 
 
 def evaluate(model: nn.Module, kind: str, data: Any) -> dict[str, Any]:
