@@ -14,7 +14,9 @@ ranking"): how far the final gates spread (``gate_spread``), how each gate input
 (``gate_feature_correlation``, Spearman), and how noisy the Hutchinson trace is at the final gates
 (``probe_noise``: ``probe_check`` probes on each of ``probe_check_batches`` batches). Ablation settings:
 ``features`` (which inputs the gating network sees) and ``gate_full_pass`` (gate training on one epoch's
-worth of batches, Alg. 2 lines 6-7 "for each batch in S", instead of ``gate_steps``).
+worth of batches, Alg. 2 lines 6-7 "for each batch in S", instead of ``gate_steps``). Cost (docs/pl-method.md
+"PL's cost"): every record logs the ``seconds`` of each stage (:data:`STAGES`); gate training is ~90% of an
+event; ``gate_batch_size`` (the first samples of each gate-training batch) and ``gate_steps`` are the knob.
 
 The Hessian is taken of ``hessian_scalar``: ``"loss"`` (default: the training loss, the quantity whose
 conditioning the paper's Prop. 8 bounds via the loss Hessian) or ``"logits"`` (sum of the masked-token
