@@ -9,7 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plprune.errors import PlpruneError
+from plprune.data.replaced_words import (
+    CLS_ID,
+    FIRST_WORD_ID,
+    WindowSpec,
+    build_replaced_word_task,
+    make_windows,
+    replace_tokens,
+    shuffle_span,
+    training_batch,
+)
+from plprune.errors import DataError, PlpruneError
 from plprune.models import BertConfig
 from plprune.models.early_exit import (
     MultiExitBertClassifier,
@@ -19,6 +29,12 @@ from plprune.models.early_exit import (
     normalized_entropy,
     pabee_loss,
     patience_exit,
+)
+from plprune.train.early_exit import (
+    decay_parameter_groups,
+    train_multi_exit_bert,
+    train_multi_exit_cnn,
+    warmup_decay_scheduler,
 )
 
 
@@ -306,3 +322,222 @@ def test_mismatched_or_malformed_inputs_are_refused() -> None:
         MultiExitCNN(widths=(4, 0))
     with pytest.raises(PlpruneError, match="in_channels = 1"):
         MultiExitCNN(widths=(4,))(torch.randn(2, 3, 40))
+
+
+# -- single-exit forwards -----------------------------------------------------------------------------------
+def test_final_exit_and_last_layer_equal_the_full_forwards_last_exit(
+    cnn: MultiExitCNN, bert: MultiExitBertClassifier
+) -> None:
+    x = torch.randn(5, 1, 40, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(cnn.final_exit(x), cnn(x)[-1])
+        ids = torch.randint(0, 50, (4, 9), generator=torch.Generator().manual_seed(1))
+        mask = torch.ones(4, 9, dtype=torch.long)
+        mask[1, 6:] = 0
+        assert torch.allclose(bert.last_layer(ids), bert(ids)[-1], atol=1e-6)
+        assert torch.allclose(bert.last_layer(ids, mask), bert(ids, mask)[-1], atol=1e-6)
+    with pytest.raises(PlpruneError, match="input_ids"):
+        bert.last_layer(ids.float())
+
+
+# -- training (plprune.train.early_exit) --------------------------------------------------------------------
+def old_benchmark_lambda(steps: int, warmup: float):
+    """The LR lambda benchmarks/early_exit.py carried before it used plprune.train.lr_schedule."""
+    warm = max(1, int(steps * warmup))
+    return lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
+
+
+@pytest.mark.parametrize(
+    ("steps", "warmup"), [(500, 0.1), (1, 0.1), (7, 0.0), (10, 0.5), (10, 1.0), (33, 0.3)]
+)
+def test_warmup_decay_scheduler_matches_the_old_lambda_at_every_step(steps: int, warmup: float) -> None:
+    lrs = []
+    for make in (
+        lambda opt: warmup_decay_scheduler(opt, steps, warmup),
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, old_benchmark_lambda(steps, warmup)),
+    ):
+        optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2e-3)
+        scheduler = make(optimizer)
+        seen = []
+        for _ in range(steps + 2):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        lrs.append(seen)
+    assert lrs[0] == lrs[1]
+    assert max(lrs[0]) == pytest.approx(2e-3)
+
+
+def test_decay_parameter_groups_leave_embeddings_biases_and_norms_undecayed(bert) -> None:
+    decay, rest = decay_parameter_groups(bert, 0.01)
+    assert decay["weight_decay"] == 0.01 and rest["weight_decay"] == 0.0
+    names = {id(p): n for n, p in bert.named_parameters()}
+    assert {names[id(p)] for p in decay["params"]} == {
+        n for n, p in bert.named_parameters() if p.dim() == 2 and "embedding" not in n
+    }
+    assert len(decay["params"]) + len(rest["params"]) == len(list(bert.parameters()))
+    assert any("token_embedding" in names[id(p)] for p in rest["params"])
+
+
+def tiny_sequences(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    """Length-16 noisy sequences with a 3-step bump somewhere: upward for class 1, downward for class 0."""
+    gen = torch.Generator().manual_seed(11)
+    y = torch.arange(n) % 2
+    x = 0.3 * torch.randn(n, 1, 16, generator=gen)
+    for i in range(n):
+        start = int(torch.randint(0, 14, (1,), generator=gen))
+        x[i, 0, start : start + 3] += 2.0 if int(y[i]) else -2.0
+    return x, y
+
+
+def exit_losses(model: MultiExitCNN, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    with torch.no_grad():
+        return [float(F.cross_entropy(z, y)) for z in model(x)]
+
+
+def test_train_multi_exit_cnn_lowers_every_exits_loss_and_is_reproducible() -> None:
+    x, y = tiny_sequences()
+    models, params = [], []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = MultiExitCNN(widths=(8, 8), num_classes=2).eval()
+        before = exit_losses(model, x, y)
+        seconds = train_multi_exit_cnn(
+            model, x, y, epochs=8, batch_size=16, lr=1e-2, weight_decay=1e-4,
+            order_generator=torch.Generator().manual_seed(4),
+        )  # fmt: skip
+        assert seconds > 0 and not model.training
+        after = exit_losses(model, x, y)
+        assert all(a < 0.5 * b for a, b in zip(after, before, strict=True)), (before, after)
+        models.append(model)
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(params[0], params[1])  # same seeds, same batches: the same model
+
+
+def test_train_multi_exit_cnn_with_final_weight_only_leaves_early_heads_untouched() -> None:
+    x, y = tiny_sequences(32)
+    torch.manual_seed(0)
+    model = MultiExitCNN(widths=(4, 8), num_classes=2)
+    head0 = [p.detach().clone() for p in model.heads[0].parameters()]
+    head1 = [p.detach().clone() for p in model.heads[1].parameters()]
+    train_multi_exit_cnn(
+        model, x, y, epochs=2, batch_size=16, lr=1e-2, weight_decay=1e-2,
+        order_generator=torch.Generator().manual_seed(0), exit_weights=[0.0, 1.0],
+    )  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(head0, model.heads[0].parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(head1, model.heads[1].parameters(), strict=True))
+
+
+def tiny_bert_task(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[CLS]=1 then 5 tokens; label 1 if token 7 occurs among them."""
+    gen = torch.Generator().manual_seed(1000 + step)
+    ids = torch.randint(2, 7, (16, 6), generator=gen)
+    ids[:, 0] = 1
+    y = torch.randint(0, 2, (16,), generator=gen)
+    where = torch.randint(1, 6, (16,), generator=gen)
+    ids[y == 1, where[y == 1]] = 7
+    return ids, y
+
+
+def test_train_multi_exit_bert_lowers_every_layers_loss() -> None:
+    config = BertConfig(
+        vocab_size=8, hidden_size=16, num_layers=2, num_heads=2, ffn_size=32, max_length=6, dropout=0.0,
+        attention_dropout=0.0,
+    )  # fmt: skip
+    ids, y = tiny_bert_task(-1)
+    for last_only in (False, True):
+        torch.manual_seed(0)
+        model = MultiExitBertClassifier(config, num_classes=2).eval()
+        with torch.no_grad():
+            before = [float(F.cross_entropy(z, y)) for z in model(ids)]
+        first = model.classifiers[0].weight.detach().clone()
+        steps_seen: list[int] = []
+        train_multi_exit_bert(
+            model, tiny_bert_task, steps=60, lr=3e-3, weight_decay=0.01, warmup_fraction=0.1,
+            last_only=last_only, on_step=lambda step, loss, seen=steps_seen: seen.append(step),
+        )  # fmt: skip
+        assert steps_seen == list(range(60)) and not model.training
+        with torch.no_grad():
+            after = [float(F.cross_entropy(z, y)) for z in model(ids)]
+        assert after[-1] < 0.6 * before[-1], (before, after)
+        if last_only:  # the first layer's classifier is not in the loss: AdamW never touches it
+            assert torch.equal(model.classifiers[0].weight, first)
+        else:
+            assert after[0] < 0.85 * before[0], (before, after)
+
+
+def test_training_refuses_bad_arguments(cnn: MultiExitCNN, bert: MultiExitBertClassifier) -> None:
+    x, y = tiny_sequences(8)
+    kw = {"batch_size": 4, "lr": 1e-3, "weight_decay": 0.0}
+    gen = torch.Generator()
+    with pytest.raises(PlpruneError, match="MultiExitCNN"):
+        train_multi_exit_cnn(bert, x, y, epochs=1, order_generator=gen, **kw)
+    with pytest.raises(PlpruneError, match="epochs"):
+        train_multi_exit_cnn(cnn, x, y, epochs=0, order_generator=gen, **kw)
+    with pytest.raises(PlpruneError, match="one label per sample"):
+        train_multi_exit_cnn(cnn, x, y[:3], epochs=1, order_generator=gen, **kw)
+    with pytest.raises(PlpruneError, match=r"torch\.Generator"):
+        train_multi_exit_cnn(cnn, x, y, epochs=1, order_generator=3, **kw)
+    with pytest.raises(PlpruneError, match="MultiExitBertClassifier"):
+        train_multi_exit_bert(cnn, tiny_bert_task, steps=1, lr=1e-3, weight_decay=0, warmup_fraction=0.1)
+    with pytest.raises(PlpruneError, match="warmup_fraction"):
+        train_multi_exit_bert(bert, tiny_bert_task, steps=1, lr=1e-3, weight_decay=0, warmup_fraction=1.5)
+
+
+# -- the replaced-word task (plprune.data.replaced_words) ---------------------------------------------------
+VOCAB = 30
+
+
+def test_replace_tokens_changes_exactly_k_positions_to_other_words() -> None:
+    window = torch.arange(FIRST_WORD_ID, FIRST_WORD_ID + 20)
+    window[3] = 0  # a special token ([UNK]-like) in the window
+    for seed in range(50):
+        out, k = replace_tokens(window, torch.Generator().manual_seed(seed), 2, 6, VOCAB)
+        changed = out != window
+        assert 2 <= k <= 6 and int(changed.sum()) == k
+        assert bool(((out[changed] >= FIRST_WORD_ID) & (out[changed] < VOCAB)).all())
+
+
+def test_shuffle_span_permutes_one_span() -> None:
+    window = torch.arange(FIRST_WORD_ID, FIRST_WORD_ID + 16)
+    for seed in range(30):
+        out, span = shuffle_span(window, torch.Generator().manual_seed(seed), 3, 6)
+        assert 3 <= span <= 6 and torch.equal(out.sort().values, window)
+        changed = torch.nonzero(out != window).flatten()
+        assert changed.numel() >= 2 and int(changed[-1] - changed[0]) < span
+    same, size = shuffle_span(torch.full((8,), 9), torch.Generator(), 2, 4)  # nothing can change
+    assert same is None and size == 0
+
+
+def test_make_windows_keeps_originals_and_corrupts_label_zero() -> None:
+    stream = torch.arange(FIRST_WORD_ID, FIRST_WORD_ID + 25)
+    spec = WindowSpec(window=6, corruption="replace", corrupt_min=1, corrupt_max=3)
+    starts, labels = torch.tensor([0, 6, 12, 18]), torch.tensor([1, 0, 1, 0])
+    ids, y, sizes = make_windows(stream, starts, labels, spec, torch.Generator().manual_seed(0), VOCAB)
+    assert ids.shape == (4, 7) and torch.equal(y, labels) and bool((ids[:, 0] == CLS_ID).all())
+    for row, start, label, size in zip(ids, starts.tolist(), labels.tolist(), sizes.tolist(), strict=True):
+        original = stream[start : start + 6]
+        assert int((row[1:] != original).sum()) == size
+        assert (size == 0) == (label == 1) and size <= 3
+
+
+def test_build_replaced_word_task_and_training_batches(tmp_path) -> None:
+    words = [f"w{i}" for i in range(12)]
+    gen = torch.Generator().manual_seed(0)
+    text = lambda n: " ".join(words[int(i)] for i in torch.randint(0, 12, (n,), generator=gen))  # noqa: E731
+    (tmp_path / "valid.txt").write_text(text(400), encoding="utf-8")
+    (tmp_path / "test.txt").write_text(text(200), encoding="utf-8")
+    spec = WindowSpec(window=8, corrupt_min=1, corrupt_max=2)
+    task = build_replaced_word_task(tmp_path, spec, 10, torch.Generator().manual_seed(1), min_freq=1)
+    assert task.test_ids.shape == (10, 9) and int(task.test_y.sum()) == 5  # balanced labels
+    test_stream = torch.tensor(task.tokenizer.encode((tmp_path / "test.txt").read_text(encoding="utf-8")))
+    for i in range(10):  # non-overlapping windows in order; originals verbatim
+        original = test_stream[8 * i : 8 * i + 8]
+        assert int((task.test_ids[i, 1:] != original).sum()) == int(task.test_sizes[i])
+    a = training_batch(task, 6, torch.Generator().manual_seed(7))
+    b = training_batch(task, 6, torch.Generator().manual_seed(7))
+    assert a[0].shape == (6, 9) and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(DataError, match="corrupt_min <= corrupt_max <= window"):
+        WindowSpec(window=4, corrupt_min=3, corrupt_max=6)
+    with pytest.raises(PlpruneError, match="corruption"):
+        WindowSpec(corruption="delete")

@@ -78,7 +78,7 @@ def train_dynamic_network(
     elif gate_penalty is not None:
         raise PlpruneError(f"gate_penalty applies to a ChannelGatedCNN only, not a {type(model).__name__}")
     check_positive_float("temperature_start", temperature_start)
-    check_probability("anneal_fraction", anneal_fraction)
+    check_probability("anneal_fraction", anneal_fraction, inclusive_high=True)
     n = x.shape[0]
     per_epoch = n // batch_size
     if per_epoch < 1:

@@ -118,7 +118,7 @@ def warmup_decay_scheduler(
     """BERT's schedule over ``steps`` optimizer steps: :func:`~plprune.train.lr_schedule.warmup_linear_decay`
     with ``max(1, int(steps · warmup_fraction))`` warm-up steps."""
     check_positive_int("steps", steps)
-    check_probability("warmup_fraction", warmup_fraction)
+    check_probability("warmup_fraction", warmup_fraction, inclusive_high=True)
     warm = max(1, int(steps * warmup_fraction))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_linear_decay(s, warm, steps))
 
