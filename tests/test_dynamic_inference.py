@@ -19,6 +19,7 @@ from plprune.models.dynamic import (
 )
 from plprune.models.vgg import VGG
 from plprune.sparsity.hard_concrete import hard_concrete_gate, hard_concrete_l0
+from plprune.train.dynamic_inference import annealed_temperature, train_dynamic_network
 
 CHANNELS = (6, 8, 8, 10)
 LENGTH = 40
@@ -321,3 +322,107 @@ def test_channel_gating_bad_input():
         model.macs_for_counts([1, 2], LENGTH)
     with pytest.raises(PlpruneError, match=r"in \[0, 6\]"):
         model.macs_for_counts([7, 1, 1, 1], LENGTH)
+
+
+# -- training (plprune.train.dynamic_inference) -------------------------------------------------------------
+def test_annealed_temperature_by_hand() -> None:
+    assert [annealed_temperature(s, 30.0, 10) for s in (0, 5, 10, 11, 100)] == [30.0, 15.5, 1.0, 1.0, 1.0]
+    assert annealed_temperature(3, 1.0, 4) == 1.0
+    with pytest.raises(PlpruneError, match="anneal_steps"):
+        annealed_temperature(0, 30.0, 0)
+
+
+def bump_data(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    """Length-16 noisy sequences with a 3-step bump somewhere: upward for class 1, downward for class 0."""
+    gen = torch.Generator().manual_seed(11)
+    y = torch.arange(n) % 2
+    x = 0.3 * torch.randn(n, 1, 16, generator=gen)
+    for i in range(n):
+        start = int(torch.randint(0, 14, (1,), generator=gen))
+        x[i, 0, start : start + 3] += 2.0 if int(y[i]) else -2.0
+    return x, y
+
+
+def loss_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(F.cross_entropy(model.eval()(x), y))
+
+
+TRAIN = {"epochs": 6, "batch_size": 16, "lr": 1e-2}
+
+
+@pytest.mark.parametrize("kind", ["static", "gated", "dynconv"])
+def test_train_dynamic_network_lowers_the_loss_reproducibly(kind: str) -> None:
+    x, y = bump_data()
+    params = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        if kind == "static":
+            model, extra = VGG(in_channels=1, num_classes=2, dims=1, cfg=(8, "M", 8, "M")), {}
+        elif kind == "gated":
+            model, extra = ChannelGatedCNN(1, 2, (8, 8), gate_bias_init=1.0), {"gate_penalty": 0.1}
+        else:
+            model, extra = DynamicConvCNN(1, 2, (8, 8), num_kernels=2), {"temperature_start": 5.0}
+        before = loss_of(model, x, y)
+        seconds = train_dynamic_network(
+            model, x, y, order_generator=torch.Generator().manual_seed(2), **TRAIN, **extra
+        )
+        assert seconds > 0 and not model.training
+        assert loss_of(model, x, y) < 0.5 * before
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(params[0], params[1])
+
+
+def test_dynamic_convolution_temperature_follows_the_annealing(monkeypatch) -> None:
+    x, y = bump_data(32)
+    torch.manual_seed(0)
+    model = DynamicConvCNN(1, 2, (4, 4), num_kernels=2)
+    seen: list[float] = []
+    original = DynamicConvCNN.set_temperature
+    monkeypatch.setattr(
+        DynamicConvCNN, "set_temperature", lambda self, t: (seen.append(t), original(self, t))[1]
+    )
+    train_dynamic_network(
+        model, x, y, epochs=3, batch_size=8, lr=1e-3, order_generator=torch.Generator(),
+        temperature_start=9.0, anneal_fraction=0.5,
+    )  # fmt: skip
+    total = 3 * (32 // 8)  # 12 steps, annealed over int(0.5 * 12) = 6
+    assert seen == [max(1.0, 9.0 - 8.0 * s / 6) for s in range(total)] + [1.0]
+    assert all(conv.temperature == 1.0 for conv in model.convs)
+
+
+def test_a_larger_gate_penalty_closes_more_gates() -> None:
+    x, y = bump_data()
+    open_channels = []
+    for lam in (0.0, 5.0):
+        torch.manual_seed(0)
+        model = ChannelGatedCNN(1, 2, (8, 8), gate_bias_init=1.0)
+        train_dynamic_network(
+            model, x, y, epochs=12, batch_size=16, lr=3e-2, order_generator=torch.Generator().manual_seed(2),
+            gate_penalty=lam,
+        )  # fmt: skip
+        open_channels.append(model.infer(x).active_channels.double().mean(0))
+    # the second block's gates close under the penalty (the first block's gate sees only the input's mean)
+    assert float(open_channels[0][1]) == 8.0 and float(open_channels[1][1]) < 4.0, open_channels
+
+
+def test_train_dynamic_network_refuses_bad_arguments() -> None:
+    x, y = bump_data(16)
+    gen = torch.Generator()
+    gated = ChannelGatedCNN(1, 2, (4,))
+    with pytest.raises(PlpruneError, match="gate_penalty"):
+        train_dynamic_network(gated, x, y, order_generator=gen, **TRAIN)
+    with pytest.raises(PlpruneError, match="ChannelGatedCNN only"):
+        train_dynamic_network(
+            DynamicConvCNN(1, 2, (4,)), x, y, order_generator=gen, gate_penalty=1.0, **TRAIN
+        )
+    with pytest.raises(PlpruneError, match="larger than"):
+        train_dynamic_network(
+            gated, x, y, order_generator=gen, gate_penalty=1.0, epochs=1, batch_size=64, lr=1e-3
+        )
+    with pytest.raises(PlpruneError, match="one label per sample"):
+        train_dynamic_network(gated, x, y[:4], order_generator=gen, gate_penalty=1.0, **TRAIN)
+    with pytest.raises(PlpruneError, match="anneal_fraction"):
+        train_dynamic_network(
+            gated, x, y, order_generator=gen, gate_penalty=1.0, anneal_fraction=2.0, **TRAIN
+        )
