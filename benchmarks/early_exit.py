@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from plprune.bench import harness
+from plprune.bench.early_exit import batched_logits, entropy_sweep, exit_rows, layer_rows, patience_sweep
 from plprune.data import load_mnist1d
 from plprune.data.replaced_words import (
     ReplacedWordTask,
@@ -50,9 +51,6 @@ from plprune.models import BertConfig
 from plprune.models.early_exit import (
     MultiExitBertClassifier,
     MultiExitCNN,
-    entropy_exit,
-    normalized_entropy,
-    patience_exit,
 )
 from plprune.seeding import derive_seed, generator
 from plprune.train.early_exit import train_multi_exit_bert, train_multi_exit_cnn
@@ -150,30 +148,8 @@ def cnn_seed_run(
     with torch.no_grad():
         full = multi(x)
         single_acc = float((single.final_exit(x).argmax(1) == y).float().mean())
-    per_exit = [
-        {
-            "exit": i,
-            "accuracy": float((z.argmax(1) == y).float().mean()),
-            "macs_alone": sum(blocks[: i + 1]) + heads[i],
-            "mean_normalized_entropy": float(normalized_entropy(z).mean()),
-        }
-        for i, z in enumerate(full)
-    ]
-    sweep = []
-    for threshold in cfg["thresholds"]:
-        result = multi.infer_early_exit(x, threshold)
-        preds, where = entropy_exit(full, threshold)
-        sweep.append(
-            {
-                "threshold": threshold,
-                "accuracy": float((result.predictions == y).float().mean()),
-                "mean_exit_depth": float(result.exits_evaluated.double().mean()),
-                "mean_macs": float(result.macs.double().mean()),
-                "exit_fractions": [float((result.exit_index == i).double().mean()) for i in range(exits)],
-                "matches_entropy_exit": bool(torch.equal(preds, result.predictions))
-                and bool(torch.equal(where, result.exit_index)),
-            }
-        )
+    per_exit = exit_rows(multi, full, y, length)
+    sweep = entropy_sweep(multi, x, y, cfg["thresholds"], full)
     run = {
         "seed": seed,
         "train_seconds": {"multi_exit": multi_s, "single_exit": single_s},
@@ -318,25 +294,6 @@ def train_bert(
     return model, seconds
 
 
-def batched_logits(model: MultiExitBertClassifier, ids: Tensor, batch: int = 256) -> list[Tensor]:
-    with torch.no_grad():
-        parts = [model(ids[i : i + batch]) for i in range(0, ids.shape[0], batch)]
-    return [torch.cat([p[j] for p in parts]) for j in range(model.num_layers)]
-
-
-def by_size(result: Any, y: Tensor, sizes: Tensor) -> dict[str, dict[str, float]]:
-    """Accuracy and mean exit layer per corruption size (0 = original windows)."""
-    out = {}
-    for size in sorted(set(sizes.tolist())):
-        pick = sizes == size
-        out[str(size)] = {
-            "windows": int(pick.sum()),
-            "accuracy": float((result.predictions[pick] == y[pick]).float().mean()),
-            "mean_exit_layer": float(result.exits_evaluated[pick].double().mean()),
-        }
-    return out
-
-
 def run_bert(config: dict[str, Any]) -> dict[str, Any]:
     cfg = config["bert"]
     task = build_text_task(cfg)
@@ -352,35 +309,12 @@ def run_bert(config: dict[str, Any]) -> dict[str, Any]:
         single_acc = float((batched_logits(single, ids)[-1].argmax(1) == y).float().mean())
     macs = pabee.exit_macs(ids.shape[1])
     single_macs = pabee.layer_macs(ids.shape[1]) * cfg["layers"] + pabee.head_macs()
-    layers = [
-        {"layer": j, "accuracy": float((z.argmax(1) == y).float().mean()), "macs_alone": macs[j]}
-        for j, z in enumerate(full)
-    ]
-    sweep = []
-    for patience in range(1, cfg["layers"] + 1):
-        start = time.perf_counter()
-        result = pabee.infer_patience(ids, patience)
-        seconds = time.perf_counter() - start
-        preds, where = patience_exit(full, patience)
-        sweep.append(
-            {
-                "patience": patience,
-                "accuracy": float((result.predictions == y).float().mean()),
-                "mean_exit_layer": float(result.exits_evaluated.double().mean()),
-                "mean_macs": float(result.macs.double().mean()),
-                "speedup_layers": cfg["layers"] / float(result.exits_evaluated.double().mean()),
-                "exit_fractions": [
-                    float((result.exit_index == j).double().mean()) for j in range(cfg["layers"])
-                ],
-                "matches_patience_exit": bool(torch.equal(preds, result.predictions))
-                and bool(torch.equal(where, result.exit_index)),
-                "infer_seconds_all_test": seconds,
-                "by_corruption_size": by_size(result, y, sizes),
-            }
-        )
+    layers = layer_rows(pabee, full, y, ids.shape[1])
+    sweep = patience_sweep(pabee, ids, y, range(1, cfg["layers"] + 1), full, groups=sizes)
+    for row in sweep:
         say(
-            f"  patience {patience}: acc {sweep[-1]['accuracy']:.4f}, mean exit layer "
-            f"{sweep[-1]['mean_exit_layer']:.2f}"
+            f"  patience {row['patience']}: acc {row['accuracy']:.4f}, mean exit layer "
+            f"{row['mean_exit_layer']:.2f}"
         )
     say("timing PABEE inference")
     n, b = cfg["timing_samples"], cfg["timing_batch"]

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plprune.bench.early_exit import batched_logits, entropy_sweep, exit_rows, layer_rows, patience_sweep
 from plprune.data.replaced_words import (
     CLS_ID,
     FIRST_WORD_ID,
@@ -541,3 +542,56 @@ def test_build_replaced_word_task_and_training_batches(tmp_path) -> None:
         WindowSpec(window=4, corrupt_min=3, corrupt_max=6)
     with pytest.raises(PlpruneError, match="corruption"):
         WindowSpec(corruption="delete")
+
+
+# -- measuring (plprune.bench.early_exit) -------------------------------------------------------------------
+def test_entropy_sweep_rows_against_the_rule_on_the_full_forward(cnn: MultiExitCNN) -> None:
+    x = torch.randn(64, 1, 40, generator=torch.Generator().manual_seed(2))
+    y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = cnn(x)
+    mid = float(normalized_entropy(full[0]).median())  # about half the samples leave at exit 0
+    rows = entropy_sweep(cnn, x, y, [0.0, mid, 1.0])
+    cumulative = cnn.exit_macs(40)
+    assert rows[0]["mean_exit_depth"] == 3.0 and rows[0]["exit_fractions"] == [0.0, 0.0, 1.0]
+    assert rows[0]["accuracy"] == pytest.approx(float((full[-1].argmax(1) == y).float().mean()))
+    assert rows[0]["mean_macs"] == cumulative[-1]
+    assert rows[2]["exit_fractions"][0] == 1.0 and rows[2]["mean_macs"] == cumulative[0]
+    predictions, where = entropy_exit(full, mid)
+    assert rows[1]["accuracy"] == pytest.approx(float((predictions == y).float().mean()))
+    assert rows[1]["mean_macs"] == pytest.approx(sum(cumulative[int(i)] for i in where) / 64)
+    assert 0 < rows[1]["exit_fractions"][0] < 1 and sum(rows[1]["exit_fractions"]) == pytest.approx(1.0)
+    assert all(r["matches_entropy_exit"] for r in rows)
+    blocks, heads = cnn.block_macs(40), cnn.head_macs()
+    exits = exit_rows(cnn, full, y, 40)
+    assert [e["macs_alone"] for e in exits] == [
+        blocks[0] + heads[0],
+        blocks[0] + blocks[1] + heads[1],
+        sum(blocks) + heads[2],
+    ]
+    assert exits[1]["accuracy"] == pytest.approx(float((full[1].argmax(1) == y).float().mean()))
+
+
+def test_patience_sweep_rows_and_groups(bert: MultiExitBertClassifier) -> None:
+    ids = torch.randint(0, 50, (40, 7), generator=torch.Generator().manual_seed(4))
+    y = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(5))
+    groups = torch.arange(40) % 3
+    rows = patience_sweep(bert, ids, y, [1, 2, 4], groups=groups)
+    full = batched_logits(bert, ids, batch=16)
+    with torch.no_grad():
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(full, bert(ids), strict=True))
+    for row in rows:
+        predictions, where = patience_exit(full, row["patience"])
+        assert row["matches_patience_exit"]
+        assert row["accuracy"] == pytest.approx(float((predictions == y).float().mean()))
+        assert row["mean_exit_layer"] == pytest.approx(float((where + 1).double().mean()))
+        assert row["speedup_layers"] == pytest.approx(4 / row["mean_exit_layer"])
+        parts = row["by_corruption_size"]
+        assert list(parts) == ["0", "1", "2"] and sum(p["windows"] for p in parts.values()) == 40
+        assert sum(p["accuracy"] * p["windows"] for p in parts.values()) / 40 == pytest.approx(
+            row["accuracy"]
+        )
+    assert rows[-1]["mean_exit_layer"] == 4.0 and rows[-1]["exit_fractions"] == [0.0, 0.0, 0.0, 1.0]
+    assert [r["layer"] for r in layer_rows(bert, full, y, 7)] == [0, 1, 2, 3]
+    with pytest.raises(PlpruneError, match="one label per sample"):
+        patience_sweep(bert, ids, y[:5], [1])
