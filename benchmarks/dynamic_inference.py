@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plprune.bench import harness
+from plprune.bench.dynamic_inference import gated_evaluation
 from plprune.data.images import load_mnist1d
 from plprune.models.dynamic import ChannelGatedCNN, DynamicConvCNN, pooled_length
 from plprune.models.vgg import VGG
@@ -110,14 +111,15 @@ def train(model: nn.Module, kind: str, data: Any, cfg: dict[str, Any], seed: int
 
 
 def evaluate(model: nn.Module, kind: str, data: Any) -> dict[str, Any]:
+    if kind == "gated":  # the gated forward, the skipping inference, and how input-dependent the gates are
+        return gated_evaluation(model, data.test_x, data.test_y)
     with torch.no_grad():
         logits = model(data.test_x)
-    accuracy = float((logits.argmax(1) == data.test_y).double().mean())
-    row: dict[str, Any] = {"test_accuracy": accuracy}
+    row: dict[str, Any] = {"test_accuracy": float((logits.argmax(1) == data.test_y).double().mean())}
     classes = logits.shape[1]
     if kind == "static":
         row["macs_mean"] = row["macs_min"] = row["macs_max"] = static_macs(classes)
-    elif kind == "dynconv":
+    else:
         macs = model.macs_per_sample(LENGTH)
         row["macs_mean"] = row["macs_min"] = row["macs_max"] = macs
         row["macs_breakdown"] = {
@@ -128,46 +130,7 @@ def evaluate(model: nn.Module, kind: str, data: Any) -> dict[str, Any]:
             ),
             "kernel_aggregation": sum(c.num_kernels * c.weight[0].numel() for c in model.convs),
         }
-    else:
-        gates = model.last_gates()  # of the eval forward above
-        result = model.infer(data.test_x)
-        macs = result.macs.double()
-        counts = result.active_channels
-        row.update(
-            {
-                "infer_test_accuracy": float((result.logits.argmax(1) == data.test_y).double().mean()),
-                "infer_max_abs_diff_vs_forward": float((result.logits - logits).abs().max()),
-                "macs_mean": float(macs.mean()),
-                "macs_min": int(macs.min()),
-                "macs_max": int(macs.max()),
-                "macs_std": float(macs.std()),
-                "macs_all_open": model.max_macs(LENGTH),
-                "macs_all_closed": model.min_macs(LENGTH),
-                "gate_fc_macs_mean": float(macs.mean()) - float(_conv_and_classifier_macs(counts, classes)),
-                "active_channels_mean": [float(c) for c in counts.double().mean(0)],
-                "active_channels_min": [int(c) for c in counts.min(0).values],
-                "active_channels_max": [int(c) for c in counts.max(0).values],
-                "distinct_active_patterns": len({tuple(r) for r in counts.tolist()}),
-                "fractional_gates": float(
-                    torch.cat([((z > 0) & (z < 1)).flatten() for z in gates]).double().mean()
-                ),
-                "channels_never_open": [int(((z > 0).sum(0) == 0).sum()) for z in gates],
-                "channels_open_for_some_but_not_all": [
-                    int((((z > 0).sum(0) > 0) & ((z > 0).sum(0) < z.shape[0])).sum()) for z in gates
-                ],
-            }
-        )
     return row
-
-
-def _conv_and_classifier_macs(counts: Tensor, classes: int) -> float:
-    total = torch.zeros(counts.shape[0], dtype=torch.float64)
-    a_in, length = torch.ones_like(total), LENGTH
-    for b in range(counts.shape[1]):
-        a_out = counts[:, b].double()
-        total += a_out * a_in * 3 * length
-        a_in, length = a_out, pooled_length(length)
-    return float((total + classes * a_in).mean())
 
 
 # -- latency ------------------------------------------------------------------------------------------------

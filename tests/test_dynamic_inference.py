@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from plprune.bench.dynamic_inference import gated_evaluation
 from plprune.errors import PlpruneError
 from plprune.models.dynamic import (
     ChannelGatedCNN,
@@ -426,3 +427,33 @@ def test_train_dynamic_network_refuses_bad_arguments() -> None:
         train_dynamic_network(
             gated, x, y, order_generator=gen, gate_penalty=1.0, anneal_fraction=2.0, **TRAIN
         )
+
+
+# -- measuring (plprune.bench.dynamic_inference) ------------------------------------------------------------
+def test_gated_evaluation_against_the_gates_and_a_hand_mac_count():
+    model = _gated_model()
+    x = _inputs(16)
+    y = torch.arange(16) % 10
+    row = gated_evaluation(model, x, y)
+    with torch.no_grad():
+        logits = model(x)
+    gates = model.last_gates()
+    counts = torch.stack([(z > 0).sum(dim=1) for z in gates], dim=1)
+    accuracy = float((logits.argmax(1) == y).double().mean())
+    assert row["test_accuracy"] == row["infer_test_accuracy"] == accuracy
+    assert row["infer_max_abs_diff_vs_forward"] <= 1e-10
+    per_sample = [_macs_formula(r) for r in counts.tolist()]
+    assert row["macs_mean"] == pytest.approx(sum(per_sample) / 16)
+    assert (row["macs_min"], row["macs_max"]) == (min(per_sample), max(per_sample))
+    # the gate FCs: out_b x (open input channels of block b) per sample, by hand
+    gate_fc = [
+        sum(out * a_in for out, a_in in zip(CHANNELS, [1, *r[:-1]], strict=True)) for r in counts.tolist()
+    ]
+    assert row["gate_fc_macs_mean"] == pytest.approx(sum(gate_fc) / 16)
+    assert row["active_channels_mean"] == pytest.approx(counts.double().mean(0).tolist())
+    open_for = [(z > 0).sum(0) for z in gates]
+    assert row["channels_never_open"] == [int((c == 0).sum()) for c in open_for]
+    assert row["channels_open_for_some_but_not_all"] == [int(((c > 0) & (c < 16)).sum()) for c in open_for]
+    assert sum(row["channels_open_for_some_but_not_all"]) > 0 and row["distinct_active_patterns"] > 1
+    with pytest.raises(PlpruneError, match="ChannelGatedCNN"):
+        gated_evaluation(DynamicConvCNN(1, 10, CHANNELS), x.float(), y)
