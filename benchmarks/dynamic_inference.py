@@ -15,6 +15,9 @@ one thread on the first seed's models (interleaved rounds: every variant runs on
 sample, the order rotating). Writes ``results.json``, ``RESULTS.md`` and ``accuracy_vs_macs.png`` to
 ``benchmarks/results/dynamic_inference/``.
 
+Training is :func:`plprune.train.dynamic_inference.train_dynamic_network`, the gated model's measurements
+:func:`plprune.bench.dynamic_inference.gated_evaluation`, timing rounds :mod:`plprune.bench.harness`.
+
 Usage::
 
     .venv/bin/python benchmarks/dynamic_inference.py            # the full run (~7-9 min on 2 busy cores)

@@ -18,6 +18,10 @@
   average exit layer and MACs. (A word-order variant, ``corruption="shuffle"``: a shuffled span, stayed at
   chance within this training budget; see RESULTS.md.)
 
+The work is the library's: training in :mod:`plprune.train.early_exit`, the text task in
+:mod:`plprune.data.replaced_words`, the sweeps in :mod:`plprune.bench.early_exit`, timing rounds in
+:mod:`plprune.bench.harness`; this script sets them up, times the variants and writes the report.
+
 Run: ``.venv/bin/python benchmarks/early_exit.py`` (writes benchmarks/results/early_exit/: results.json,
 RESULTS.md, cnn_accuracy_vs_macs.png, pabee_accuracy_vs_exit_layer.png); ``--quick`` is a tiny smoke run
 (written to a temporary directory unless ``--out`` is given).
