@@ -112,7 +112,7 @@ def test_every_course_method_is_registered_for_weights_and_groups() -> None:
         ({"method": "l0-gates", "l0-gates": {"gate_temperature": 0.0}}, "beta"),
         ({"method": "cont-sparse", "cont-sparse": {"beta_final": 0.5}}, "beta_final"),
         ({"method": "gsm", "gsm": {"keep_fraction": 1.5}}, r"\(0, 1\]"),
-        ({"method": "pl", "kinds": ["weight"]}, "prunes head/expert/filter/neuron groups only"),
+        ({"method": "pl", "kinds": ["weight"]}, "prunes head/expert/filter/neuron/layer groups only"),
         ({"method": "prox-l1", "kinds": ["weight", "filter"]}, "not both"),
     ],
 )
