@@ -1,5 +1,8 @@
 """Dynamic (input-dependent) inference: channel gating and dynamic convolution for 1-D CNNs.
 
+(About 600 lines: two model families — channel-gated and dynamic-convolution CNNs — that share their block
+structure, MAC accounting and gate statistics; split, each half would import the other.)
+
 **Channel gating** (feature boosting and suppression, Gao et al. 2019; batch-shaping channel gating,
 Bejnordi et al. 2020) with hard-concrete gates (Louizos et al. 2018, :mod:`plprune.sparsity.hard_concrete`):
 :class:`ChannelGatedConv` is ``conv → BN → ReLU`` whose output channel ``c`` is multiplied by a per-input
