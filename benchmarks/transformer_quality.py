@@ -46,12 +46,34 @@ SETUP = (
     "WikiText-2's **valid.txt** and evaluated on **test.txt** (the training split is not available here), "
     "units removed one-shot at step 160 (grad-score: 3 iterative rounds, as its paper runs it); seeds 0, 1, "
     "2; one torch thread per run, 2 runs at a time on a 2-core CPU. Parameters left = non-zero parameters "
-    "of the masked model (the tied embedding, most of this small model, is never pruned)."
+    "of the masked model (the tied embedding, most of this small model, is never pruned); the last "
+    "column is the share of the transformer layers' parameters removed."
 )
 
 
 def _finals(runs: Runs, variant: str) -> dict[int, float]:
     return {seed: float(s["final"][KEY]) for seed, s in runs.get(variant, {}).items()}
+
+
+def _layer_params(out: Path, plan: str) -> int:
+    """Parameters of the model's transformer layers (everything but the embedding and the final norm): a
+    Llama of the run's sizes, built on the meta device, counted."""
+    import torch
+    import transformers
+
+    config_path = next((out / "runs" / plan).glob("*/config.json"))
+    model = json.loads(config_path.read_text(encoding="utf-8"))["model"]
+    config = transformers.LlamaConfig(
+        vocab_size=8,
+        hidden_size=model["hidden"],
+        num_hidden_layers=model["layers"],
+        num_attention_heads=model["heads"],
+        num_key_value_heads=model["kv_heads"],
+        intermediate_size=model["ffn"],
+    )
+    with torch.device("meta"):
+        built = transformers.LlamaForCausalLM(config)
+    return sum(p.numel() for p in built.model.layers.parameters())
 
 
 def _kept(runs: Runs, variant: str) -> tuple[float, float]:
@@ -86,6 +108,7 @@ def summarise(out: Path) -> dict[str, Any]:
     dense = _finals(dense_runs, "dense")
     rows, series, pairs = [], {}, []
     dense_params = _kept(dense_runs, "dense")[1]
+    layers = _layer_params(out, "llama-heads-neurons-r50")
     rows.append(
         {
             "units removed": "none (dense)",
@@ -93,6 +116,7 @@ def summarise(out: Path) -> dict[str, Any]:
             "seeds": len(dense),
             "test PPL": f"{statistics.fmean(dense.values()):.2f} ± {statistics.stdev(dense.values()):.2f}",
             "parameters left": f"{dense_params:,.0f} (100%)",
+            "of the layers' parameters removed": "0%",
         }
     )
     for plan, title in PLANS.items():
@@ -111,6 +135,7 @@ def summarise(out: Path) -> dict[str, Any]:
                     "seeds": len(values),
                     "test PPL": f"{statistics.fmean(values):.2f} ± {spread:.2f}",
                     "parameters left": f"{left:,.0f} ({left / total:.1%})",
+                    "of the layers' parameters removed": f"{(total - left) / layers:.1%}",
                 }
             )
             series.setdefault(criterion, []).append(
@@ -133,7 +158,14 @@ def summarise(out: Path) -> dict[str, Any]:
         )
         if pair:
             pairs.append(pair)
-    return {"rows": rows, "pairs": pairs, "series": series, "dense": dense, "failed": loaded.failed}
+    return {
+        "rows": rows,
+        "pairs": pairs,
+        "series": series,
+        "dense": dense,
+        "layer_parameters": layers,
+        "failed": loaded.failed,
+    }
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
