@@ -65,6 +65,8 @@ SETUPS: dict[str, tuple[str, dict[str, Any]]] = {
     "filters-1056": ("filter", {**VGG, "model": {"width_multiplier": 0.25}}),
     "filters-2112": ("filter", {**VGG, "model": {"width_multiplier": 0.5}}),
 }
+#: the setups drawn as lines (one model family each, the number of groups growing)
+SERIES = tuple(name for name in SETUPS if "paper-gpu" not in name)
 PAPER_GPU_STEPS = 3000  # plprune.bench.suites: paper-gpu, 75% of heads one-shot at epoch 5
 GATE_STAGES = ("gate_loss", "hessian_trace", "gate_backward")
 # cost-knob variants: PL settings that differ from the defaults
@@ -74,6 +76,11 @@ KNOBS: dict[str, dict[str, Any]] = {
     "gate_batch_size=4": {"gate_batch_size": 4},
     "gate_steps=2, gate_batch_size=4": {"gate_steps": 2, "gate_batch_size": 4},
     "feature_samples=8": {"feature_samples": 8},
+    "gate_steps=2, gate_batch_size=4, feature_samples=8": {
+        "gate_steps": 2,
+        "gate_batch_size": 4,
+        "feature_samples": 8,
+    },
 }
 
 
@@ -192,7 +199,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     colours = {"head": "tab:blue", "neuron": "tab:orange", "filter": "tab:green"}
     cheap = "gate_steps=2, gate_batch_size=4"
     for kind, colour in colours.items():
-        rows = sorted((r for r in results["setups"].values() if r["kind"] == kind), key=lambda r: r["groups"])
+        rows = sorted(
+            (r for name, r in results["setups"].items() if r["kind"] == kind and name in SERIES),
+            key=lambda r: r["groups"],
+        )
         if not rows:
             continue
         x = [r["groups"] for r in rows]
@@ -203,6 +213,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
         if all(cheap in r["knobs"] for r in rows):
             ax.plot(x, [r["knobs"][cheap]["steps"] for r in rows], ":s", color=colour,
                     label=f"{kind}s: {cheap}")  # fmt: skip
+    paper = results["setups"].get("heads-48-paper-gpu")
+    if paper:  # another model (hidden 256, batch 32): a point of its own, not on the heads line
+        d = paper["default"]
+        for value, marker in ((d["before_steps"], "*"), (d["after_steps"], "P")):
+            ax.plot([paper["groups"]], [value], marker, color="tab:purple", ms=9)
+        ax.plot([], [], "P", color="tab:purple", label="paper-gpu shapes, after (star: before)")
     ax.axhline(10, color="grey", lw=0.8)
     ax.axhline(30, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log")
@@ -223,6 +239,9 @@ def report(results: dict[str, Any]) -> str:
         "",
         f"torch {meta['torch']}, {meta['threads']} thread(s), {meta['machine']}; {meta['note']}",
         f"Command: `{meta['command']}`",
+        "",
+        "What it means (targets, the knob's agreement read against another seed's, what was tried): "
+        "docs/pl-method.md, \"PL's cost\". The plot: `pl_cost.png`.",
         "",
         "## Event cost, before and after (one-shot event, PL defaults)",
         "",
