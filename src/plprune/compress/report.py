@@ -87,6 +87,9 @@ def write_report(state: dict[str, Any], directory: Path) -> dict[str, Any]:
         f"Criterion `{settings['method']}` on {', '.join(settings['kinds'])} "
         f"({settings['allocation'].replace('_', '-')} allocation), ratios "
         + ", ".join(f"{k} {v:.1%}" for k, v in prune["ratios"].items())
+        + " (removed: "
+        + ", ".join(f"{k} {v:.1%}" for k, v in prune["pruned_ratio"].items())
+        + ", after per-layer rounding and equal query heads per KV head)"
         + (f" (solved for --keep-params {settings['keep_params']})" if settings.get("keep_params") else "")
         + (
             " — raised to the next head count the model's config can describe, so from_pretrained reloads it"

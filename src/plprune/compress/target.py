@@ -46,6 +46,34 @@ def removed_size(
     return float(sizes[~mask].sum())
 
 
+def _smallest_meeting(
+    groups: GroupSet,
+    fixed: Mapping[str, float],
+    free: list[str],
+    allocation: str,
+    sizes: torch.Tensor,
+    budget: float,
+) -> int | None:
+    """The smallest grid step whose shared ratio for ``free`` (with ``fixed``) removes ≥ ``budget``
+    parameters; ``None`` when even the largest does not (``removed_size`` is monotone in the step)."""
+
+    def removed(step: int) -> float:
+        ratios = {**{k: float(v) for k, v in fixed.items()}, **dict.fromkeys(free, step / GRID)}
+        return removed_size(groups, ratios, allocation, sizes)
+
+    top = GRID - 1  # a ratio below 1: every layer keeps at least one group
+    if removed(top) < budget:
+        return None
+    low, high = 0, top
+    while low < high:
+        middle = (low + high) // 2
+        if removed(middle) >= budget:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
 def solve_ratios(
     groups: GroupSet,
     total_params: int,
@@ -57,38 +85,63 @@ def solve_ratios(
     """``({kind: ratio}, expected fraction of parameters kept, rounded)``: the fixed ratios, and for every
     other kind of ``groups`` the smallest shared ratio on the grid whose removal keeps ≤ ``keep_params`` of
     ``total_params``. Raises when even the largest ratio cannot reach the budget (e.g. fewer parameters
-    than the embeddings alone). ``rounded``: the ratio was raised past the smallest one to meet
-    ``acceptable`` (module docstring); when no ratio is acceptable the smallest is kept, unrounded."""
+    than the embeddings alone).
+
+    When that solution fails ``acceptable`` (module docstring), one free kind at a time is set to each of
+    its grid ratios that changes its kept counts, the other free kinds are solved for the budget again, and
+    the acceptable solution that keeps the most parameters within the budget is taken (``rounded`` = True):
+    e.g. the head ratio moves to a count the config can describe and the neuron ratio absorbs the rest.
+    With no acceptable solution the first one is kept (``rounded`` = False)."""
     sizes = group_sizes(groups)
     free = [k for k in groups.kinds if k not in fixed]
+    fixed = {k: float(v) for k, v in fixed.items()}
+
+    def kept(ratios: dict[str, float]) -> float:
+        return 1 - removed_size(groups, ratios, allocation, sizes) / total_params
+
     if keep_params is None or not free:
         ratios = {k: float(fixed.get(k, 0.0)) for k in groups.kinds}
-        return ratios, 1 - removed_size(groups, ratios, allocation, sizes) / total_params, False
+        return ratios, kept(ratios), False
     budget = total_params * (1 - keep_params)
-
-    def at(step: int) -> dict[str, float]:
-        return {**{k: float(v) for k, v in fixed.items()}, **dict.fromkeys(free, step / GRID)}
-
-    def removed(step: int) -> float:
-        return removed_size(groups, at(step), allocation, sizes)
-
-    top = GRID - 1  # a ratio below 1: every layer keeps at least one group
-    if removed(top) < budget:
-        most = removed(top) / total_params
-        raise PlpruneError(
-            f"cannot keep only {keep_params:.1%} of the parameters by pruning {', '.join(free)}: even "
-            "removing "
-            f"all but one group per layer leaves {1 - most:.1%} (embeddings, norms and ungrouped projections "
-            "stay); ask for a larger --keep-params or add kinds"
+    low = _smallest_meeting(groups, fixed, free, allocation, sizes, budget)
+    if low is None:
+        top = {**fixed, **dict.fromkeys(free, (GRID - 1) / GRID)}
+        named = ", ".join(free) + (
+            f" (with {', '.join(f'{k} at {v:g}' for k, v in fixed.items())})" if fixed else ""
         )
-    low, high = 0, top
-    while low < high:  # smallest step whose removal meets the budget (removed() is monotone)
-        middle = (low + high) // 2
-        if removed(middle) >= budget:
-            high = middle
-        else:
-            low = middle + 1
-    chosen = low
-    if acceptable is not None:
-        chosen = next((step for step in range(low, top + 1) if acceptable(at(step))), low)
-    return at(chosen), 1 - removed(chosen) / total_params, chosen != low
+        raise PlpruneError(
+            f"cannot keep only {keep_params:.1%} of the parameters by pruning {named}: even removing all but "
+            f"one group per layer leaves {kept(top):.1%} (embeddings, norms and ungrouped projections stay); "
+            "ask for a larger --keep-params, lower a fixed ratio, or add kinds"
+        )
+    first = {**fixed, **dict.fromkeys(free, low / GRID)}
+    if acceptable is None or acceptable(first):
+        return first, kept(first), False
+    best: tuple[float, dict[str, float]] | None = None
+    for kind in free:
+        others = [k for k in free if k != kind]
+        index = groups.kind_index(kind)
+        seen: set[tuple[bool, ...]] = set()
+        for step in range(GRID):
+            alone = select_mask(groups, torch.zeros(len(groups)), {kind: step / GRID}, allocation)[index]
+            signature = tuple(bool(x) for x in alone)
+            if signature in seen:
+                continue
+            seen.add(signature)
+            trial_fixed = {**fixed, kind: step / GRID}
+            if others:
+                found = _smallest_meeting(groups, trial_fixed, others, allocation, sizes, budget)
+                if found is None:
+                    continue
+                ratios = {**trial_fixed, **dict.fromkeys(others, found / GRID)}
+            else:
+                ratios = trial_fixed
+                if removed_size(groups, ratios, allocation, sizes) < budget:
+                    continue
+            if acceptable(ratios):
+                fraction = kept(ratios)
+                if best is None or fraction > best[0]:
+                    best = (fraction, ratios)
+    if best is None:
+        return first, kept(first), False
+    return best[1], best[0], True
