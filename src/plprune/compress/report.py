@@ -92,7 +92,8 @@ def write_report(state: dict[str, Any], directory: Path) -> dict[str, Any]:
         + ", after per-layer rounding and equal query heads per KV head)"
         + (f" (solved for --keep-params {settings['keep_params']})" if settings.get("keep_params") else "")
         + (
-            " — raised to the next head count the model's config can describe, so from_pretrained reloads it"
+            " — head ratio moved to a count the model's config can describe (other kinds re-solved), so "
+            "from_pretrained reloads it"
             if prune.get("rounded_for_config")
             else ""
         )
