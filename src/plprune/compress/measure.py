@@ -7,7 +7,7 @@ and CPU latency of the compressed model against the dense one, timed side by sid
   masked inputs.
 * MACs of one forward pass of one sequence: ``torch.utils.flop_counter`` FLOPs / 2 (matmuls and linear
   layers, which is all but norms and activations).
-* Latency: :func:`plprune.bench.latency.time_rounds` interleaves the two models round by round; the speed-up
+* Latency: :func:`plprune.bench.harness.time_rounds` interleaves the two models round by round; the speed-up
   is the median over rounds of dense time / compressed time in the same round.
 """
 
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from plprune.bench.harness import paired_ratios, time_rounds
 from plprune.compress.inputs import TextCodec
 from plprune.data.causal_lm import IGNORE_INDEX
 from plprune.data.mlm import MlmMasker
@@ -108,8 +109,6 @@ def latency(
     vocab: int,
 ) -> dict[str, dict[str, Any]]:
     """Per batch size: median seconds of each model's forward pass and the paired speed-up (module doc)."""
-    from plprune.bench.harness import time_rounds
-
     results = {}
     generator = torch.Generator().manual_seed(0)
     for batch in batch_sizes:
@@ -119,7 +118,7 @@ def latency(
             "compressed": lambda ids=ids: compressed(input_ids=ids.to(next(compressed.parameters()).device)),
         }
         times = time_rounds(calls, repeats=repeats, warmup=1)
-        paired = [d / c for d, c in zip(times["dense"], times["compressed"], strict=True)]
+        paired = paired_ratios(times, "dense", "compressed")
         results[f"batch {batch}"] = {
             "dense_s": statistics.median(times["dense"]),
             "compressed_s": statistics.median(times["compressed"]),

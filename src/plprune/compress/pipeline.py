@@ -44,6 +44,7 @@ from plprune.compress.inputs import (
     text_blocks,
 )
 from plprune.compress.measure import (
+    latency,
     lm_loss,
     macs,
     objective_batches,
@@ -244,9 +245,9 @@ def _describable_heads(model: nn.Module, groups: Any, allocation: str) -> Any:
     return acceptable
 
 
-def _plan(model: nn.Module, settings: CompressSettings) -> tuple[Any, dict[str, float], float, bool]:
-    """``(groups, ratios, expected kept fraction, rounded)``, checked before any stage runs: the kinds are in
-    the model, the criterion scores them, and the target is reachable."""
+def _plan(model: nn.Module, settings: CompressSettings) -> tuple[dict[str, float], float, bool]:
+    """``(ratios, expected kept fraction, rounded)``, found before any stage runs, which checks that the
+    kinds are in the model, the criterion scores them and the target is reachable."""
     from plprune.gates import GroupSet
     from plprune.pruners.registry import check_method_kinds
 
@@ -260,36 +261,38 @@ def _plan(model: nn.Module, settings: CompressSettings) -> tuple[Any, dict[str, 
         settings.allocation,
         _describable_heads(model, groups, settings.allocation),
     )
+    groups.remove_hooks()  # only the counts were needed; the prune stage finds the groups again
     if max(ratios.values()) <= 0:
-        groups.remove_hooks()
         raise PlpruneError("the target removes nothing: raise the ratios or lower --keep-params")
-    return groups, ratios, expected, rounded
+    return ratios, expected, rounded
 
 
 def _score_and_compact(
-    model: nn.Module, settings: CompressSettings, calibration: list[Any], record: dict[str, Any]
+    model: nn.Module,
+    settings: CompressSettings,
+    calibration: list[Any],
+    ratios: dict[str, float],
+    record: dict[str, Any],
 ) -> Any:
-    """Prune ``model`` in place at the budget's ratios by the criterion; returns the compacted Pruner."""
+    """Prune ``model`` in place at ``ratios`` by the criterion; returns the compacted Pruner."""
+    from plprune.gates import GroupSet
     from plprune.pruner import Pruner
     from plprune.pruners.registration import BuildInfo
     from plprune.pruners.registry import build_scorer
     from plprune.schedules import OneShot
 
     scorer = build_scorer(settings.method, get_method_settings(settings), BuildInfo(1, len(calibration)))
-    groups, ratios, expected, rounded = _plan(model, settings)
-    record.update(ratios=ratios, expected_kept_fraction=expected, rounded_for_config=rounded)
-    top = max(ratios.values())
     pruner = Pruner(
         model,
         scorer,
-        OneShot(0, top),
+        OneShot(0, max(ratios.values())),
         kinds=settings.kinds,
         loss_fn=lambda m, batch: lm_loss(m, batch),
         batches=calibration,
         kind_ratios=ratios,
         allocation=settings.allocation,
         seed=settings.seed,
-        groups=groups,
+        groups=GroupSet(model, settings.kinds),
     )
     model.eval()
     event = pruner.step(0)[0]
@@ -314,13 +317,7 @@ def _evaluate(
     record["macs"] = macs(model, settings.seq_len)
 
 
-def _load_stage_model(directory: Path, device: str) -> nn.Module:
-    model, _ = load_model(directory, device)
-    return model
-
-
 def _copy_tokenizer(settings: CompressSettings, destination: Path) -> None:
-    sources = []
     if settings.tokenizer is not None and settings.tokenizer.is_file():
         shutil.copy2(settings.tokenizer, destination / PLPRUNE_TOKENIZER)
         return
@@ -339,7 +336,7 @@ def compress(settings: CompressSettings) -> dict[str, Any]:
     codec: TextCodec = load_codec(settings.model_dir, settings.tokenizer, model, objective)
     if "prune" not in state["stages"]:  # fail on the kinds, criterion or target before any stage runs
         get_method_settings(settings)
-        _plan(model, settings)[0].remove_hooks()
+        ratios, expected, rounded = _plan(model, settings)
     text = read_text(settings.data, "calibration")
     inputs, labels = text_blocks(text, codec, settings.seq_len, "calibration")
     if settings.eval_data is not None:
@@ -381,18 +378,18 @@ def compress(settings: CompressSettings) -> dict[str, Any]:
                 inputs[rows], labels[rows], objective, codec, settings.batch_size, settings.seed
             )
             dense_copy, _ = load_model(settings.model_dir, settings.device)
-            pruner = _score_and_compact(model, settings, calibration, record)
+            record.update(ratios=ratios, expected_kept_fraction=expected, rounded_for_config=rounded)
+            pruner = _score_and_compact(model, settings, calibration, ratios, record)
             _evaluate(model, settings, held_out, record, "pruned")
-            from plprune.compress.measure import latency
-
             record["latency"] = latency(
                 dense_copy, model, settings.seq_len, (1, 32), settings.latency_repeats, codec.vocab_size
             )
             record["threads"] = torch.get_num_threads()
             del dense_copy
             record["saved_with"] = _save_stage_model(model, pruner, work / "pruned")
-    model = _load_stage_model(work / "pruned", settings.device)
     if settings.recover_steps and "recover" not in stages:
+        # from the saved stage, also right after pruning: a resumed run recovers the very same model
+        model, _ = load_model(work / "pruned", settings.device)
         with _stage(state, "recover", work) as record:
             bar = _bar(settings, settings.recover_steps, f"recover ({settings.recovery})")
 
