@@ -12,12 +12,13 @@ import pytest
 import torch
 
 import plprune
+from plprune.bench.suites import SUITES, variant_config
 from plprune.cli import build_parser, resolve_config
 from plprune.curvature import compute_group_features
 from plprune.errors import PlpruneError
 from plprune.gates import GroupSet
 from plprune.pruners.base import PruneContext
-from plprune.pruners.pl import STAGES, PLConfig, PLScorer
+from plprune.pruners.pl import PAPER_SETTINGS, STAGES, PLConfig, PLScorer
 from plprune.pruners.registry import setting_flags
 from plprune.run_config import RunConfig
 from plprune.tasks.registry import build_task
@@ -89,21 +90,41 @@ def test_gate_batch_size_is_gate_training_on_the_first_samples(tiny_task) -> Non
     model, task = tiny_task
     assert task.train_batch(0)[0].shape[0] == 6
 
-    def gates(task: Any, size: int | None = None) -> torch.Tensor:
-        settings = PLConfig(gate_steps=2, feature_samples=3, gate_batch_size=size)
-        return PLScorer(settings).scores(_context(model, task))
+    def gates(task: Any, **settings: Any) -> torch.Tensor:
+        config = PLConfig(**{"gate_steps": 2, "feature_samples": 3, **settings})
+        return PLScorer(config).scores(_context(model, task))
 
-    knob, default = gates(task, 3), gates(task)
-    assert torch.equal(knob, gates(_Sliced(task, 3)))
-    assert not torch.equal(knob, default), "three samples of six must change the gate objective"
-    assert torch.equal(gates(task, 6), default)
+    knob, whole = gates(task, gate_batch_size=3), gates(task, gate_batch_size=0)
+    assert torch.equal(knob, gates(_Sliced(task, 3), gate_batch_size=0))
+    assert not torch.equal(knob, whole), "three samples of six must change the gate objective"
+    assert torch.equal(gates(task, gate_batch_size=6), whole)
+    assert torch.equal(gates(task, gate_batch_size=None), whole)  # None: the whole batch, as 0
+    assert torch.equal(gates(task), gates(_Sliced(task, 4), gate_batch_size=0))  # the default: 4 samples
 
 
 def test_gate_batch_size_is_validated_and_has_a_flag() -> None:
     with pytest.raises(PlpruneError, match="gate_batch_size"):
-        PLConfig(gate_batch_size=0)
+        PLConfig(gate_batch_size=-1)
     flag = next(f for f in setting_flags() if f.field == "gate_batch_size")
     assert flag.flag == "--gate-batch-size" and flag.type is int
+
+
+def test_cheap_defaults_and_the_papers_budget() -> None:
+    """The defaults are the cheap setting; PAPER_SETTINGS (the former defaults) is what the suites written
+    before it pin, so their committed results stay reproducible; pl-cost compares the two."""
+    default = PLConfig()
+    assert (default.gate_steps, default.gate_batch_size, default.feature_samples) == (2, 4, 8)
+    assert PAPER_SETTINGS == {"gate_steps": 10, "gate_batch_size": 0, "feature_samples": 16}
+    plan = SUITES["transformer-units"].tasks[0]
+    pinned = variant_config(plan, "pl", 0, None, ())["prune"]["pl"]
+    assert {k: pinned[k] for k in PAPER_SETTINGS} == PAPER_SETTINGS
+    plan = SUITES["overparam"].tasks[0]  # a plan's own settings stay above the paper's budget
+    assert variant_config(plan, "pl", 0, None, ())["prune"]["pl"]["probe_check"] == 8
+    cost = SUITES["pl-cost"].tasks[0]
+    assert "pl" not in variant_config(cost, "pl", 0, None, ())["prune"]  # PL's defaults
+    assert variant_config(cost, "pl@paper-gates", 0, None, ())["prune"]["pl"] == PAPER_SETTINGS
+    config = RunConfig.from_dict(variant_config(cost, "pl@paper-gates", 0, None, ()))
+    assert config.prune.method == "pl"
 
 
 def test_every_event_logs_where_its_time_went(tiny_task) -> None:

@@ -21,12 +21,14 @@ the report compares methods (``plprune report`` checks it per seed).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from plprune.errors import PlpruneError
+from plprune.pruners.pl import PAPER_SETTINGS
 from plprune.pruners.registry import METHOD_NAMES, check_method_kinds, get_method
 from plprune.run_config import RunConfig, deep_merge
 
@@ -270,6 +272,8 @@ SETTING_ABLATIONS: dict[str, dict[str, Any]] = {
     "full-pass": {"gate_full_pass": True},
     "probes8": {"num_probes": 8},
     "alpha0": {"alpha": 0.0},
+    # the paper's gate-training budget (10 whole batches, 16 kernel samples) instead of PL's cheap defaults
+    "paper-gates": dict(PAPER_SETTINGS),
 }
 
 
@@ -439,6 +443,55 @@ SUITES["transformer-units"] = Suite(
     (
         _llama_units_plan(("head", "neuron"), 0.5, ("dense", "pl", "random", "grad-score")),
         _llama_units_plan(("head",), 0.75, ("pl", "random")),
+    ),
+    curvature_methods=(),
+)
+
+
+
+def _with_paper_gates(suite: Suite) -> Suite:
+    """``suite`` with PL's and pl+'s gate-training budget at the paper's (:data:`PAPER_SETTINGS`) under each
+    plan's own settings: the suites written before PL's cheap defaults (issue 22) ran with it, and their
+    committed results stay reproducible."""
+    paper = {"prune": {"pl": dict(PAPER_SETTINGS), "pl+": dict(PAPER_SETTINGS)}}
+    plans = tuple(dataclasses.replace(p, base=deep_merge(paper, p.base)) for p in suite.tasks)
+    return dataclasses.replace(suite, tasks=plans)
+
+
+SUITES.update({name: _with_paper_gates(suite) for name, suite in SUITES.items()})
+
+
+def _pl_cost_vgg() -> dict[str, Any]:
+    """paper-cpu's VGG-16 on MNIST-1D (2,000 steps; filters removed on the linear schedule, epochs 3-12)."""
+    return {
+        "train": {"steps": 2000, "eval_every": 200, "eval_batches": 16, "checkpoint_every": 400},
+        "prune": {"prune_at": "3e", "prune_end": "12e", "prune_every": "1e"},
+    }
+
+
+# after the paper's suites (not pinned): PL at its cheap defaults against the paper's budget
+SUITES["pl-cost"] = Suite(
+    "pl-cost",
+    "what PL's cheap defaults (2 gate batches of 4 samples, 8 kernel samples; issue 22) cost in quality "
+    "against the paper's budget (pl@paper-gates: 10 whole batches, 16 samples) and random, 3 seeds on every "
+    "variant: transformer-units' GQA decoder (heads + neurons 50%, WikiText-2 valid.txt → test.txt) and "
+    "paper-cpu's VGG filters on MNIST-1D",
+    (0, 1, 2),
+    (
+        dataclasses.replace(
+            _llama_units_plan(("head", "neuron"), 0.5, ("pl", "random")),
+            ablations=("pl@paper-gates",),
+            ablation_seeds="all",
+        ),
+        TaskPlan(
+            "vgg-mnist1d",
+            _pl_cost_vgg(),
+            ("pl", "random"),
+            ("pl@paper-gates",),
+            times={"every": "1e"},
+            label="vgg-filters",
+            ablation_seeds="all",
+        ),
     ),
     curvature_methods=(),
 )
