@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress_report import grid_jobs, run_key, write_report
+from compress_report import EVAL_MASK_SEED, grid_jobs, run_key, write_report
 
 DATA = Path(os.environ.get("PLPRUNE_DATA_DIR", "/work/shared/data/wikitext-2"))
 ROOT = Path(__file__).resolve().parent
@@ -326,8 +326,6 @@ def _compress_perplexity(directory: Path, setup: Setup) -> float:
     )
 
 
-EVAL_MASK_SEED = 12345  # plprune.compress.pipeline's seed of the held-out masks
-
 _PRETRAIN_KEYS = ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab_max", "min_freq", "seq_len")
 _PRETRAIN_KEYS += ("batch_size", "pretrain_steps", "lr", "warmup", "weight_decay")
 
@@ -529,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in ("latency", "all"):
         measure_latency(setup, out)
     if args.stage in ("report", "all"):
-        write_report(setup, out, command)
+        write_report(setup, out, command, DATA)
     return 0
 
 

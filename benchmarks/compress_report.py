@@ -149,6 +149,34 @@ def _lora_vs_full(
     return out
 
 
+def unigram_reference(setup: Setup, out: Path, data: Path) -> float:
+    """Perplexity of the training text's word frequencies alone on the evaluation targets: exp of the mean
+    −log p(word) over exactly the targets compress scores (next tokens, or the fixed-seed masked positions),
+    p the add-one unigram of ``valid.txt`` over the non-special words (specials are never targets). The scale
+    of what the model learned beyond frequencies."""
+    import torch
+
+    from plprune.compress.inputs import load_codec, load_model, read_text, text_blocks
+    from plprune.compress.measure import objective_batches
+
+    torch.set_num_threads(1)
+    directory = out / "checkpoints" / "dense"
+    model, objective = load_model(directory)
+    codec = load_codec(directory, None, model, objective)
+    train = torch.as_tensor(codec.encode(read_text(data / "valid.txt", "calibration")), dtype=torch.long)
+    counts = torch.bincount(train, minlength=codec.vocab_size).double() + 1.0
+    counts[sorted(codec.special_ids)] = 0.0
+    log_p = torch.log(counts / counts.sum())
+    inputs, labels = text_blocks(read_text(data / "test.txt", "evaluation"), codec, setup.seq_len, "eval")
+    inputs, labels = inputs[: setup.eval_samples], labels[: setup.eval_samples]
+    batches = objective_batches(inputs, labels, objective, codec, setup.batch_size, seed=EVAL_MASK_SEED)
+    targets = torch.cat([b[1][b[1] != -100] for b in batches])
+    return math.exp(float(-log_p[targets].mean()))
+
+
+EVAL_MASK_SEED = 12345  # plprune.compress.pipeline's seed of the held-out masks
+
+
 def collect(setup: Setup, out: Path) -> dict[str, Any]:
     """``results.json``: one row per run, plus per (size, criterion) aggregates and paired ratios."""
     from plprune.bench.stats import paired_ratio, verdict
@@ -516,8 +544,9 @@ def _model_section(results: dict[str, Any], setup: Setup) -> list[str]:
             training + " Evaluated on WikiText-2 **test.txt**: "
             f"the first {setup.eval_samples} blocks of {setup.seq_len} tokens "
             f"({setup.eval_samples * setup.seq_len:,} tokens), perplexity **{pre['test_perplexity']:.2f}** — "
-            "the same blocks every compress run evaluates. Weights sha256 "
-            f"`{pre['sha256'][:16]}…` (`pretrain.json`).",
+            "the same blocks every compress run evaluates (the training text's word frequencies alone, an "
+            f"add-one unigram, give {results['unigram_reference_ppl']:.1f} on the same targets). Weights "
+            f"sha256 `{pre['sha256'][:16]}…` (`pretrain.json`).",
             "",
         ]
     return [
@@ -536,7 +565,9 @@ def _model_section(results: dict[str, Any], setup: Setup) -> list[str]:
         "compressed model are scored on the very same masked inputs: **pseudo-perplexity** = exp(mean "
         "cross-entropy over the masked positions) = "
         f"**{pre['test_perplexity']:.2f}** (measured on the saved checkpoint by compress's own functions; "
-        "every compress run's dense stage gives the same). Weights sha256 "
+        "every compress run's dense stage gives the same; the training text's word frequencies alone, an "
+        f"add-one unigram, give {results['unigram_reference_ppl']:.1f} on the same masked targets). Weights "
+        "sha256 "
         f"`{pre['sha256'][:16]}…` (`pretrain.json`).",
         "",
     ]
@@ -596,9 +627,10 @@ def _lora_section(results: dict[str, Any], setup: Setup) -> list[str]:
     return lines
 
 
-def write_report(setup: Setup, out: Path, command: str) -> None:
+def write_report(setup: Setup, out: Path, command: str, data: Path) -> None:
     """``results.json``, ``results.csv``, the plot and ``RESULTS.md`` (``READING.md`` appended if present)."""
     results = collect(setup, out)
+    results["unigram_reference_ppl"] = unigram_reference(setup, out, data)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     with (out / "results.csv").open("w", newline="") as handle:
         every = results["runs"] + results["lora_runs"]
