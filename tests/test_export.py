@@ -472,3 +472,29 @@ def test_kinds_that_need_example_inputs_come_from_the_kind_registry() -> None:
     assert kinds_need_inputs(("filter",)) and kinds_need_inputs(("head", "filter"))
     assert kinds_need_inputs(None)  # the default kinds include filters
     assert not kinds_need_inputs(("head",)) and not kinds_need_inputs(("head", "expert", "neuron"))
+
+
+def test_a_flap_run_on_a_llama_exports_with_its_created_biases(
+    capsys, tiny_wikitext_dir: Path, tmp_path: Path
+) -> None:
+    """FLAP's bias compensation gives Llama's bias-free o_proj a bias during the run; the run's checkpoint
+    holds it, so export rebuilds it (from pruning.jsonl) before loading, and the exported model computes
+    what the run's masked model computes."""
+    from plprune.run_export import model_from_run
+
+    out = tmp_path / "flap"
+    argv = ["train", "--data-dir", tiny_wikitext_dir, "--out", out, *TRAIN]
+    argv[argv.index("bert-wikitext2")] = "hf-llama-wikitext2"  # a GQA decoder: 4 query / 2 KV heads
+    argv[argv.index("random")] = "flap"
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    event = json.loads((out / "pruning.jsonl").read_text().splitlines()[-1])
+    assert event["flap_created_biases"], "FLAP must have created o_proj biases on a Llama"
+    code, _, err = run_cli(capsys, "export", out)
+    assert code == 0, err
+    masked, _, _, _ = model_from_run(out)
+    for name in event["flap_created_biases"]:
+        assert masked.get_submodule(name).bias.abs().sum() > 0  # the compensation, loaded from the checkpoint
+    loaded = plprune.load(out / "export")
+    x = torch.randint(0, 20, (2, 8), generator=torch.Generator().manual_seed(0))
+    assert (logits(loaded, x) - logits(masked, x)).abs().max() <= 1e-5

@@ -447,6 +447,23 @@ def _mask_from_layer_counts(groups: GroupSet, pruning: dict[str, Any]) -> Tensor
     return mask
 
 
+def _add_created_biases(model: nn.Module, tensors: dict[str, Tensor]) -> None:
+    """Give a bias to each ``nn.Linear`` the architecture builds without one but whose ``NAME.bias`` the
+    weights hold with the layer's output size: a bias a pruning criterion created (FLAP's bias compensation
+    on Llama's bias-free ``o_proj``/``down_proj``; :mod:`plprune.pruners.flap`). Anything else the weights
+    hold and the model lacks is still refused by :func:`_check_state`."""
+    modules = dict(model.named_modules())
+    for key, tensor in tensors.items():
+        owner, _, leaf = key.rpartition(".")
+        module = modules.get(owner)
+        if leaf != "bias" or not isinstance(module, nn.Linear) or module.bias is not None:
+            continue
+        if tuple(tensor.shape) == (module.out_features,):
+            weight = module.weight
+            zeros = torch.zeros(module.out_features, dtype=weight.dtype, device=weight.device)
+            module.bias = nn.Parameter(zeros)
+
+
 def _check_state(model: nn.Module, tensors: dict[str, Tensor], ties: dict[str, str]) -> None:
     """Every tensor of the rebuilt model is in the file with the same shape, and nothing else is."""
     expected = model.state_dict()
@@ -516,6 +533,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 compact(groups, inplace=True)
+    _add_created_biases(built, tensors)
     _check_state(built, tensors, ties)
     for alias, name in ties.items():
         tensors[alias] = tensors[name]
