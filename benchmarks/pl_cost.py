@@ -7,14 +7,17 @@ built as its ``plprune train`` task builds it (vocabulary, sequence length 128 a
 
 1. ``--warm-steps`` training steps (the task's optimizer), then the median of ``--step-rounds`` timed steps
    (zero_grad, forward, backward, gradient clipping when the task clips, optimizer step): the step time;
-2. one PL event (``Pruner.step``, one-shot ``--ratio``) with the defaults and the curvature diagnostics on,
-   the default before the diagnostics became opt-in: ``scoring_seconds`` (features + gate training + keep
-   rule), ``diagnostics_seconds`` (NTK condition number and Hessian trace, before and after) and the PL
-   record's per-stage ``seconds`` (:data:`plprune.pruners.pl.STAGES`). Before = scoring + diagnostics,
-   after = scoring (diagnostics off); the scoring code did not change (docs/pl-method.md "PL's cost");
-3. the cost knob: the same event (same model state, same seed) with fewer / smaller gate-training batches or
-   fewer kernel samples; each variant's scoring seconds and how its mask agrees with the default's
-   (pruned groups in common / pruned groups; Spearman correlation of the gates).
+2. one PL event (``Pruner.step``, one-shot ``--ratio``) at the paper's gate-training budget
+   (:data:`plprune.pruners.pl.PAPER_SETTINGS`: 10 whole batches, 16 kernel samples; PL's defaults until
+   issue 22) with the curvature diagnostics on, as a run did when the issue was filed (**before**), and one
+   at PL's defaults (2 batches of 4 samples, 8 kernel samples; diagnostics opt-in: **after**):
+   ``scoring_seconds`` (features + gate training + keep rule), ``diagnostics_seconds`` and the PL record's
+   per-stage ``seconds`` (:data:`plprune.pruners.pl.STAGES`);
+3. the cost knob: the same event (same model state) with another seed or one factor of the paper's budget
+   back; each variant's scoring seconds and how its mask agrees with the paper budget's and with the
+   defaults' (pruned groups in common / pruned groups; Spearman correlation of the gates). What the cheap
+   defaults do to the final quality of a trained model: the ``pl-cost`` suite
+   (benchmarks/results/pl_cost_quality).
 
 All timings in one process, one torch thread unless ``--threads``; the step time is measured right before
 the events, so the step equivalents are paired ratios. Writes ``OUT/pl_cost.json``, ``OUT/RESULTS.md`` and
@@ -40,7 +43,7 @@ import torch
 import plprune
 from plprune.gates import GroupSet
 from plprune.pruners.base import Diagnostics
-from plprune.pruners.pl import PLConfig, PLScorer, spearman
+from plprune.pruners.pl import PAPER_SETTINGS, PLConfig, PLScorer, spearman
 from plprune.run_config import RunConfig
 from plprune.tasks.registry import TASK_DEFAULTS, build_task
 from plprune.train.loop import build_optimizer
@@ -69,18 +72,13 @@ SETUPS: dict[str, tuple[str, dict[str, Any]]] = {
 SERIES = tuple(name for name in SETUPS if "paper-gpu" not in name)
 PAPER_GPU_STEPS = 3000  # plprune.bench.suites: paper-gpu, 75% of heads one-shot at epoch 5
 GATE_STAGES = ("gate_loss", "hessian_trace", "gate_backward")
-# cost-knob variants: PL settings that differ from the defaults
+# cost-knob variants: settings beside the defaults (the paper's budget and the references its agreement needs)
 KNOBS: dict[str, dict[str, Any]] = {
-    "defaults, seed 1": {"seed": 1},  # the agreement a different seed gives (gate init, probes)
-    "gate_steps=3": {"gate_steps": 3},
-    "gate_batch_size=4": {"gate_batch_size": 4},
-    "gate_steps=2, gate_batch_size=4": {"gate_steps": 2, "gate_batch_size": 4},
-    "feature_samples=8": {"feature_samples": 8},
-    "gate_steps=2, gate_batch_size=4, feature_samples=8": {
-        "gate_steps": 2,
-        "gate_batch_size": 4,
-        "feature_samples": 8,
-    },
+    "defaults, seed 1": {"seed": 1},  # the agreement another seed gives (gate init, probes)
+    "paper budget, seed 1": {**PAPER_SETTINGS, "seed": 1},
+    "gate_steps=10": {"gate_steps": 10},  # one factor of the paper's budget back at a time
+    "gate_batch_size=0 (whole)": {"gate_batch_size": 0},
+    "feature_samples=16": {"feature_samples": 16},
 }
 
 
@@ -146,6 +144,17 @@ def agreement(mask: list[bool], reference: list[bool]) -> float:
     return len(common) / max(1, len(pruned))
 
 
+def compare(result: dict[str, Any], paper: dict[str, Any], default: dict[str, Any]) -> dict[str, float]:
+    """How ``result``'s mask and gates agree with the paper budget's event and with the defaults' event."""
+    gates = torch.tensor(result["gates"], dtype=torch.float64)
+    return {
+        "agreement_paper": agreement(result["mask"], paper["mask"]),
+        "spearman_paper": spearman(gates, torch.tensor(paper["gates"], dtype=torch.float64)),
+        "agreement_default": agreement(result["mask"], default["mask"]),
+        "spearman_default": spearman(gates, torch.tensor(default["gates"], dtype=torch.float64)),
+    }
+
+
 def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     kind, raw = SETUPS[name]
     torch.manual_seed(0)
@@ -163,15 +172,21 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "step_s": step_s,
         "step_s_all": step_seconds,
     }
-    default = event(model, task, kind, groups, {}, args.ratio, step, diagnostics=True)
+    paper = event(model, task, kind, groups, PAPER_SETTINGS, args.ratio, step, diagnostics=True)
+    default = event(model, task, kind, groups, {}, args.ratio, step, diagnostics=False)
+    out["paper"] = {
+        "scoring_s": paper["scoring_seconds"],
+        "diagnostics_s": paper["diagnostics_seconds"],
+        "stages_s": paper["seconds"],
+        "before_steps": (paper["scoring_seconds"] + paper["diagnostics_seconds"]) / step_s,
+        "steps": paper["scoring_seconds"] / step_s,
+    }
     out["default"] = {
         "scoring_s": default["scoring_seconds"],
-        "diagnostics_s": default["diagnostics_seconds"],
         "stages_s": default["seconds"],
-        "before_steps": (default["scoring_seconds"] + default["diagnostics_seconds"]) / step_s,
         "after_steps": default["scoring_seconds"] / step_s,
+        **compare(default, paper, default),
     }
-    gates = torch.tensor(default["gates"], dtype=torch.float64)
     knobs = {}
     for label, settings in KNOBS.items() if not args.no_knobs else ():
         result = event(model, task, kind, groups, settings, args.ratio, step, diagnostics=False)
@@ -179,8 +194,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "scoring_s": result["scoring_seconds"],
             "steps": result["scoring_seconds"] / step_s,
             "stages_s": result["seconds"],
-            "mask_agreement": agreement(result["mask"], default["mask"]),
-            "gate_spearman": spearman(torch.tensor(result["gates"], dtype=torch.float64), gates),
+            **compare(result, paper, default),
         }
     out["knobs"] = knobs
     groups.remove_hooks()
@@ -197,7 +211,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(10, 4.8))
     colours = {"head": "tab:blue", "neuron": "tab:orange", "filter": "tab:green"}
-    cheap = "gate_steps=2, gate_batch_size=4"
     for kind, colour in colours.items():
         rows = sorted(
             (r for name, r in results["setups"].items() if r["kind"] == kind and name in SERIES),
@@ -206,17 +219,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
         if not rows:
             continue
         x = [r["groups"] for r in rows]
-        ax.plot(x, [r["default"]["before_steps"] for r in rows], "--o", color=colour, alpha=0.5,
-                label=f"{kind}s: before (defaults + diagnostics)")  # fmt: skip
+        ax.plot(x, [r["paper"]["before_steps"] for r in rows], "--o", color=colour, alpha=0.5,
+                label=f"{kind}s: before (paper budget + diagnostics)")  # fmt: skip
+        ax.plot(x, [r["paper"]["steps"] for r in rows], ":s", color=colour, alpha=0.7,
+                label=f"{kind}s: paper budget (diagnostics off)")  # fmt: skip
         ax.plot(x, [r["default"]["after_steps"] for r in rows], "-o", color=colour,
                 label=f"{kind}s: after (defaults)")  # fmt: skip
-        if all(cheap in r["knobs"] for r in rows):
-            ax.plot(x, [r["knobs"][cheap]["steps"] for r in rows], ":s", color=colour,
-                    label=f"{kind}s: {cheap}")  # fmt: skip
     paper = results["setups"].get("heads-48-paper-gpu")
     if paper:  # another model (hidden 256, batch 32): a point of its own, not on the heads line
-        d = paper["default"]
-        for value, marker in ((d["before_steps"], "*"), (d["after_steps"], "P")):
+        for value, marker in ((paper["paper"]["before_steps"], "*"), (paper["default"]["after_steps"], "P")):
             ax.plot([paper["groups"]], [value], marker, color="tab:purple", ms=9)
         ax.plot([], [], "P", color="tab:purple", label="paper-gpu shapes, after (star: before)")
     ax.axhline(10, color="grey", lw=0.8)
@@ -232,8 +243,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _pct(value: float) -> str:
+    return f"{100 * value:.0f}%"
+
+
 def report(results: dict[str, Any]) -> str:
     meta = results["meta"]
+    setups = results["setups"]
     lines = [
         "# PL's cost per pruning event (issue 22)",
         "",
@@ -241,57 +257,69 @@ def report(results: dict[str, Any]) -> str:
         f"Command: `{meta['command']}`",
         "",
         "What it means (targets, the knob's agreement read against another seed's, what was tried): "
-        "docs/pl-method.md, \"PL's cost\". The plot: `pl_cost.png`.",
+        "docs/pl-method.md, \"PL's cost\". The plot: `pl_cost.png`. What the defaults do to a trained "
+        "model's quality: `benchmarks/results/pl_cost_quality`.",
         "",
-        "## Event cost, before and after (one-shot event, PL defaults)",
+        "## Event cost, before and after (one-shot event, 50% of the groups)",
         "",
-        "Before: scoring + curvature diagnostics (on by default then); after: scoring (diagnostics opt-in).",
+        "Before: the paper's gate-training budget (10 whole batches, 16 kernel samples; PL's defaults until "
+        "issue 22) plus the curvature diagnostics (on by default then). After: PL's defaults (2 batches of 4 "
+        "samples, 8 kernel samples; diagnostics opt-in). Steps: training steps of the same model and batch, "
+        "timed in the same process. Agreement: pruned groups in common with the paper budget's event / "
+        "pruned groups, beside the paper budget's agreement with itself under another seed.",
         "",
-        "| setup | groups | step s | scoring s | gate training % | diagnostics s | before, steps "
-        "| after, steps |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| setup | groups | step s | before, steps | paper budget, steps | after, steps | after, s "
+        "| gate training % (after) | after vs paper: agreement, ρ | paper vs paper seed 1 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    for name, r in results["setups"].items():
-        d = r["default"]
+    for name, r in setups.items():
+        d, p = r["default"], r["paper"]
         gate = sum(d["stages_s"][s] for s in GATE_STAGES) / d["scoring_s"]
+        noise = r["knobs"].get("paper budget, seed 1")
+        noise_cell = f"{_pct(noise['agreement_paper'])}, ρ {noise['spearman_paper']:.2f}" if noise else "-"
         lines.append(
-            f"| {name} | {r['groups']} | {r['step_s']:.3f} | {d['scoring_s']:.2f} | {100 * gate:.0f} "
-            f"| {d['diagnostics_s']:.2f} | {d['before_steps']:.1f} | {d['after_steps']:.1f} |"
+            f"| {name} | {r['groups']} | {r['step_s']:.3f} | {p['before_steps']:.1f} | {p['steps']:.1f} "
+            f"| **{d['after_steps']:.1f}** | {d['scoring_s']:.2f} | {100 * gate:.0f} "
+            f"| {_pct(d['agreement_paper'])}, ρ {d['spearman_paper']:.2f} | {noise_cell} |"
         )
-    paper = results["setups"].get("heads-48-paper-gpu")
+    paper = setups.get("heads-48-paper-gpu")
     if paper:
-        d = paper["default"]
         lines += [
             "",
             f"The paper-gpu suite's runs ({PAPER_GPU_STEPS} steps, one event): PL's scoring is "
-            f"{100 * d['after_steps'] / PAPER_GPU_STEPS:.2f}% of the training steps' time "
-            f"({100 * d['before_steps'] / PAPER_GPU_STEPS:.2f}% with the diagnostics).",
+            f"{100 * paper['default']['after_steps'] / PAPER_GPU_STEPS:.2f}% of the training steps' time at "
+            f"the defaults, {100 * paper['paper']['steps'] / PAPER_GPU_STEPS:.2f}% at the paper's budget "
+            f"(which the suite pins), {100 * paper['paper']['before_steps'] / PAPER_GPU_STEPS:.2f}% with the "
+            "diagnostics.",
         ]
     lines += ["", "## Where the scoring time goes (seconds, PL defaults)", ""]
-    stages = list(next(iter(results["setups"].values()))["default"]["stages_s"])
+    stages = list(next(iter(setups.values()))["default"]["stages_s"])
     lines.append("| setup | " + " | ".join(stages) + " |")
     lines.append("|---|" + "---:|" * len(stages))
-    for name, r in results["setups"].items():
+    for name, r in setups.items():
         lines.append(f"| {name} | " + " | ".join(f"{r['default']['stages_s'][s]:.3f}" for s in stages) + " |")
     lines += [
         "",
-        "## The cost knob: scoring in steps, agreement with the default mask",
+        "## The cost knob: scoring in steps; agreement with the paper budget's / the defaults' mask",
         "",
-        "Agreement: pruned groups in common with the default event's / pruned groups; ρ: Spearman of gates.",
+        "Each variant is the same event (same model state) with one change from the defaults; the paper "
+        "budget is all three changes. Agreement as above; ρ: Spearman of the gates with the paper budget's.",
         "",
     ]
-    knobs = [k for k in KNOBS if any(k in r["knobs"] for r in results["setups"].values())]
-    lines.append("| setup | default, steps | " + " | ".join(knobs) + " |")
-    lines.append("|---|---:|" + "---|" * len(knobs))
-    for name, r in results["setups"].items():
-        cells = [
-            f"{r['knobs'][k]['steps']:.1f} steps, {100 * r['knobs'][k]['mask_agreement']:.0f}%, "
-            f"ρ {r['knobs'][k]['gate_spearman']:.2f}"
-            if k in r["knobs"]
-            else "-"
-            for k in knobs
-        ]
-        lines.append(f"| {name} | {r['default']['after_steps']:.1f} | " + " | ".join(cells) + " |")
+    knobs = [k for k in KNOBS if any(k in r["knobs"] for r in setups.values())]
+    lines.append("| setup | " + " | ".join(knobs) + " |")
+    lines.append("|---|" + "---|" * len(knobs))
+    for name, r in setups.items():
+        cells = []
+        for k in knobs:
+            v = r["knobs"].get(k)
+            cells.append(
+                f"{v['steps']:.1f} steps, {_pct(v['agreement_paper'])} / {_pct(v['agreement_default'])}, "
+                f"ρ {v['spearman_paper']:.2f}"
+                if v
+                else "-"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -329,7 +357,7 @@ def main() -> None:
             results["setups"][name] = measure(name, args)
             r = results["setups"][name]
             print(f"{name}: {r['groups']} groups, step {r['step_s']:.3f} s, event before "
-                  f"{r['default']['before_steps']:.1f} / after {r['default']['after_steps']:.1f} steps "
+                  f"{r['paper']['before_steps']:.1f} / after {r['default']['after_steps']:.1f} steps "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
             results["setups"] = {k: results["setups"][k] for k in SETUPS if k in results["setups"]}
             path.write_text(json.dumps(results, indent=1))

@@ -461,6 +461,14 @@ def _with_paper_gates(suite: Suite) -> Suite:
 SUITES.update({name: _with_paper_gates(suite) for name, suite in SUITES.items()})
 
 
+def _pl_cost_llama() -> dict[str, Any]:
+    """A GQA decoder (hf-llama-wikitext2: 2 layers, hidden 64, 4 query / 2 KV heads, SwiGLU 172), 400 steps,
+    50% of the heads and of the FFN neurons removed one-shot at step 80 (transformer-units' plan at the size
+    of the quick suite's, to fit a 2-core machine)."""
+    base = _mlm_base(400, 100, 80, 0.5, hidden=64, heads=4, ffn=172)
+    return deep_merge(base, {"prune": {"kinds": ["head", "neuron"]}, "train": {"checkpoint_every": 200}})
+
+
 def _pl_cost_vgg() -> dict[str, Any]:
     """paper-cpu's VGG-16 on MNIST-1D (2,000 steps; filters removed on the linear schedule, epochs 3-12)."""
     return {
@@ -474,13 +482,17 @@ SUITES["pl-cost"] = Suite(
     "pl-cost",
     "what PL's cheap defaults (2 gate batches of 4 samples, 8 kernel samples; issue 22) cost in quality "
     "against the paper's budget (pl@paper-gates: 10 whole batches, 16 samples) and random, 3 seeds on every "
-    "variant: transformer-units' GQA decoder (heads + neurons 50%, WikiText-2 valid.txt → test.txt) and "
-    "paper-cpu's VGG filters on MNIST-1D",
+    "variant: a small GQA decoder (2 × 64, heads + neurons 50%, WikiText-2 valid.txt → test.txt), "
+    "paper-cpu's VGG filters on MNIST-1D, and transformer-units' GQA decoder (2 × 128)",
     (0, 1, 2),
     (
-        dataclasses.replace(
-            _llama_units_plan(("head", "neuron"), 0.5, ("pl", "random")),
-            ablations=("pl@paper-gates",),
+        TaskPlan(
+            "hf-llama-wikitext2",
+            _pl_cost_llama(),
+            ("pl", "random"),
+            ("pl@paper-gates",),
+            times={"every": "1e"},
+            label="llama-heads-neurons",
             ablation_seeds="all",
         ),
         TaskPlan(
@@ -490,6 +502,12 @@ SUITES["pl-cost"] = Suite(
             ("pl@paper-gates",),
             times={"every": "1e"},
             label="vgg-filters",
+            ablation_seeds="all",
+        ),
+        # transformer-units' own plan (2 × 128, 8 query / 2 KV heads, 800 steps): its dense runs, the yardstick
+        dataclasses.replace(
+            _llama_units_plan(("head", "neuron"), 0.5, ("pl", "random")),
+            ablations=("pl@paper-gates",),
             ablation_seeds="all",
         ),
     ),
