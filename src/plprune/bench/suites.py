@@ -504,7 +504,7 @@ SUITES["pl-cost"] = Suite(
             label="vgg-filters",
             ablation_seeds="all",
         ),
-        # transformer-units' own plan (2 × 128, 8 query / 2 KV heads, 800 steps): its dense runs, the yardstick
+        # transformer-units' plan (2 × 128, 8 query / 2 KV heads, 800 steps): its dense runs, the yardstick
         dataclasses.replace(
             _llama_units_plan(("head", "neuron"), 0.5, ("pl", "random")),
             ablations=("pl@paper-gates",),
