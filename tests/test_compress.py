@@ -317,3 +317,22 @@ def test_every_calibration_criterion_gives_a_model_transformers_reloads(workspac
         assert reloaded.config.mlp_bias or reloaded.config.attention_bias
     if method == "block-influence":
         assert reloaded.config.num_hidden_layers == 1
+
+
+def test_training_time_methods_are_refused_by_their_registration() -> None:
+    """compress takes every registered method but the dense reference and those registered training_time; the
+    refused set is the hand-kept list it replaced (regularisers, rewinding, every proximal method)."""
+    from plprune.compress.settings import calibration_methods
+    from plprune.pruners.registry import METHOD_NAMES
+
+    refused = set(METHOD_NAMES) - set(calibration_methods())
+    former = {"dense", "imp", "gsm", "l0-gates", "cont-sparse", "trimmed-l1"}
+    assert refused == former | {m for m in METHOD_NAMES if m.startswith("prox-")}
+    assert {"pl", "random", "magnitude", "taylor", "flap", "wanda-sp", "block-influence"} <= set(
+        calibration_methods()
+    )
+    for method, message in (("gsm", "acts during training"), ("nosuch", "is no method that scores")):
+        with pytest.raises(PlpruneError, match=message):
+            CompressSettings(
+                model_dir=Path("m"), data=Path("d"), out=Path("o"), keep_params=0.7, method=method
+            ).check()

@@ -15,9 +15,14 @@ from plprune.errors import PlpruneError
 from plprune.groups import GROUP_KINDS
 
 RECOVERY_MODES = ("full", "lora")
-# criteria that act during training (regularisers, rewinding, gates learned over a run): they have nothing
-# to say about a finished model in one shot, so compress refuses them
-TRAINING_ONLY = ("dense", "imp", "gsm", "l0-gates", "cont-sparse", "trimmed-l1")
+
+
+def calibration_methods() -> list[str]:
+    """The registered methods that can score a finished model from calibration batches in one event: all
+    but the dense reference and those registered ``training_time`` (regularisers, rewinding)."""
+    from plprune.pruners.registry import METHODS
+
+    return [name for name, spec in METHODS.items() if spec.build is not None and not spec.training_time]
 
 
 @dataclass
@@ -94,12 +99,16 @@ class CompressSettings:
                 "solves that "
                 "kind's ratio)"
             )
-        if self.method in TRAINING_ONLY or self.method.startswith("prox-"):
+        allowed = calibration_methods()
+        if self.method not in allowed:
+            from plprune.pruners.registry import METHODS
+
+            known = self.method in METHODS
+            what = "acts during training and cannot score" if known else "is no method that scores"
             raise PlpruneError(
-                f"method {self.method!r} acts during training and cannot score a finished model in one shot; "
-                "use a calibration criterion (pl, random, magnitude, grad-score, snip, taylor, flap, "
-                "wanda-sp, "
-                "block-influence for layers) or plprune train for training-time methods"
+                f"method {self.method!r} {what} a finished model in one shot; use a calibration criterion "
+                f"({', '.join(allowed)}; block-influence for layers), or plprune train for training-time "
+                "methods"
             )
         positive = (
             "seq_len",

@@ -39,6 +39,8 @@ class MethodSpec:
     build: Callable[[Any, BuildInfo], Any] | None
     config: type | None = None
     paper_schedule: dict[str, Any] = field(default_factory=dict)
+    # acts over a training run (a regulariser, rewinding): nothing to say about a finished model in one event
+    training_time: bool = False
 
     def default_settings(self) -> Any:
         return self.config() if self.config is not None else None
@@ -75,8 +77,12 @@ def register_method(
     kinds: tuple[str, ...] = ALL_KINDS,
     config: type | None = None,
     paper_schedule: dict[str, Any] | None = None,
+    training_time: bool = False,
 ) -> Callable[[Any], Any]:
     """Class (or function) decorator that registers a pruning method under ``name``.
+
+    ``training_time``: the method acts over a training run (a regulariser, weight rewinding), so it cannot
+    score a finished model from calibration batches in one event (``plprune compress`` refuses it).
 
     On a :class:`~plprune.pruners.base.GroupScorer` subclass the scorer is built with
     ``cls.from_config(settings, info)``; on a function, the function is called with ``(settings, info)``.
@@ -88,7 +94,9 @@ def register_method(
         if name in METHODS:
             raise PlpruneError(f"a pruning method named {name!r} is already registered")
         build = target.from_config if isinstance(target, type) else target
-        METHODS[name] = MethodSpec(name, description, tuple(kinds), build, config, dict(paper_schedule or {}))
+        METHODS[name] = MethodSpec(
+            name, description, tuple(kinds), build, config, dict(paper_schedule or {}), training_time
+        )
         return target
 
     return decorator

@@ -124,6 +124,7 @@ class IMPConfig:
     description="LTH/IMP: group weight magnitude, iterative rounds, rewinding to 5% of training",
     config=IMPConfig,
     paper_schedule=ITERATIVE,
+    training_time=True,
 )
 class IMPScorer(MagnitudeScorer):
     """LTH/IMP: group-weight magnitude with weight rewinding to ``rewind_step`` after every event."""

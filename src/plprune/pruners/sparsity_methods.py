@@ -200,6 +200,7 @@ def _register_prox(operator: str, settings: type, text: str, params: Callable[[A
         description=f"proximal gradient, {text} after each step (weights or group norms)",
         kinds=WEIGHT_AND_GROUP_KINDS,
         config=settings,
+        training_time=True,
     )(build)
 
 
@@ -212,6 +213,7 @@ for _operator, (_settings, _text, _params) in _PROX.items():
     description="projection onto ||theta||_0 <= n after each step, n ramped to the target (iterative hard "
     "thresholding)",
     kinds=WEIGHT_AND_GROUP_KINDS,
+    training_time=True,
 )
 def _build_prox_l0(settings: Any, info: Any) -> SparsityScorer:
     return SparsityScorer("prox-l0", lambda: ProximalMethod("l0"))
@@ -239,6 +241,7 @@ class TrimmedL1Settings:
     description="trimmed l1 (Yun et al. 2019): the h largest units go unpenalised (block coordinate descent)",
     kinds=WEIGHT_AND_GROUP_KINDS,
     config=TrimmedL1Settings,
+    training_time=True,
 )
 def _build_trimmed(settings: TrimmedL1Settings, info: Any) -> SparsityScorer:
     return SparsityScorer(
@@ -263,6 +266,7 @@ class GSMSettings:
     description="global sparse momentum (Ding et al. 2019): only the top-Q units by |g*theta| get gradient",
     kinds=WEIGHT_AND_GROUP_KINDS,
     config=GSMSettings,
+    training_time=True,
 )
 def _build_gsm(settings: GSMSettings, info: Any) -> SparsityScorer:
     return SparsityScorer("gsm", lambda: GSMMethod(settings.keep_fraction))
@@ -294,6 +298,7 @@ class HardConcreteSettings:
     description="hard-concrete l0 gates (Louizos et al. 2018) on weights or groups, expected-l0 penalty",
     kinds=WEIGHT_AND_GROUP_KINDS,
     config=HardConcreteSettings,
+    training_time=True,
 )
 def _build_l0_gates(settings: HardConcreteSettings, info: Any) -> SparsityScorer:
     return SparsityScorer(
@@ -324,6 +329,7 @@ class ContinuousSettings:
     description="continuous sparsification (Savarese et al. 2020): mask sigmoid(beta*s), beta annealed up",
     kinds=WEIGHT_AND_GROUP_KINDS,
     config=ContinuousSettings,
+    training_time=True,
 )
 def _build_continuous(settings: ContinuousSettings, info: Any) -> SparsityScorer:
     return SparsityScorer(
