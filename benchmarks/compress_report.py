@@ -256,6 +256,7 @@ def _plot(results: dict[str, Any], setup: Setup, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     stages = [("pruned", "without recovery"), ("recovered", "after recovery")]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))  # own y range each: recovery ~1
@@ -274,6 +275,8 @@ def _plot(results: dict[str, Any], setup: Setup, path: Path) -> None:
                 axis.errorbar(xs, ys, yerr=[lows, highs], marker="o", capsize=3, label=criterion, **style)
         axis.axhline(1.0, color="grey", linewidth=0.8)
         axis.set_yscale("log")
+        for set_formatter in (axis.yaxis.set_major_formatter, axis.yaxis.set_minor_formatter):
+            set_formatter(matplotlib.ticker.FormatStrFormatter("%.4g"))  # 1.025, not 1.025 × 10^0
         axis.set_xlabel("parameters removed (%)")
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
@@ -386,7 +389,7 @@ def _latency_section(results: dict[str, Any]) -> list[str]:
         "One process, one thread, the two models called in interleaved rounds (plprune.compress.measure."
         "latency); speed-up = median over rounds of dense time / compacted time in the same round. The "
         "compacted model is magnitude's (first seed); every criterion gives the same shapes at a size "
-        "(FLAP adds biases). Sequences of the pretraining length.",
+        "(FLAP adds biases where the model has none). Sequences of the pretraining length.",
         "",
         *markdown_table([*header, "rounds", "load average (1, 5, 15 min)"], rows),
         "",
@@ -504,11 +507,11 @@ def _head_rounding(setup: Setup, out: Path) -> list[str]:
         f"{setup.hidden // setup.heads}: a count of heads that divides the hidden size (1, 2, 4 or 8) is the "
         "only one a config of the Llama's kind could state, and the Llama grid kept 4 of 8 (ratio 0.5). "
         "BERT's config cannot state pruned heads at all (its head size is always hidden / heads; "
-        f"heads_describable answers {sorted(set(map(str, answers)))} for every count), so these outputs are "
-        "plprune exports read back with `plprune.load`, whatever the count; the head ratio is fixed at "
-        f"{setup.head_ratio} to prune heads exactly as the Llama grid does (4 of 8 per layer), so that the "
-        "two models are compared at the same split, and only the neuron ratio is solved for the budget. One "
-        f"shared ratio instead (no rounding here: nothing to describe) would give: {shared}.",
+        f"heads_describable answers {' / '.join(sorted(set(map(str, answers))))} for every count), so these "
+        "outputs are plprune exports read back with `plprune.load`, whatever the count; the head ratio is "
+        f"fixed at {setup.head_ratio} to prune heads exactly as the Llama grid does (4 of 8 per layer), so "
+        "that the two models are compared at the same split, and only the neuron ratio is solved for the "
+        f"budget. One shared ratio instead (no rounding here: nothing to describe) would give: {shared}.",
         "",
     ]
 
