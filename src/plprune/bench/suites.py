@@ -482,8 +482,8 @@ SUITES["pl-cost"] = Suite(
     "pl-cost",
     "what PL's cheap defaults (2 gate batches of 4 samples, 8 kernel samples; issue 22) cost in quality "
     "against the paper's budget (pl@paper-gates: 10 whole batches, 16 samples) and random, 3 seeds on every "
-    "variant: a small GQA decoder (2 × 64, heads + neurons 50%, WikiText-2 valid.txt → test.txt), "
-    "paper-cpu's VGG filters on MNIST-1D, and transformer-units' GQA decoder (2 × 128)",
+    "variant: a small GQA decoder (2 × 64, heads + neurons 50%, WikiText-2 valid.txt → test.txt) and "
+    "paper-cpu's VGG filters on MNIST-1D",
     (0, 1, 2),
     (
         TaskPlan(
@@ -502,12 +502,6 @@ SUITES["pl-cost"] = Suite(
             ("pl@paper-gates",),
             times={"every": "1e"},
             label="vgg-filters",
-            ablation_seeds="all",
-        ),
-        # transformer-units' plan (2 × 128, 8 query / 2 KV heads, 800 steps): its dense runs, the yardstick
-        dataclasses.replace(
-            _llama_units_plan(("head", "neuron"), 0.5, ("pl", "random")),
-            ablations=("pl@paper-gates",),
             ablation_seeds="all",
         ),
     ),
