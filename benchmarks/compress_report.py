@@ -598,13 +598,14 @@ def _lora_section(results: dict[str, Any], setup: Setup) -> list[str]:
     ]
     if not compared:
         return [*header, "Not measured: no LoRA run finished.", ""]
+    dense = results["runs"][0]["dense_ppl"]
     rows = [
         [
             c["criterion"],
             f"{c['size']:.0%}",
             str(len(c["seeds"])),
-            f"{c['full_geomean']:.2f}",
-            f"{c['lora_geomean']:.2f}",
+            f"{c['full_geomean']:.2f} ({c['full_geomean'] / dense:.3f}×)",
+            f"{c['lora_geomean']:.2f} ({c['lora_geomean'] / dense:.3f}×)",
             f"{c['ratio']:.3f}" if "ratio" in c else "–",
             f"{c['low']:.3f}–{c['high']:.3f}" if "ratio" in c else "–",
             c.get("verdict", "one seed: no interval"),
@@ -615,13 +616,31 @@ def _lora_section(results: dict[str, Any], setup: Setup) -> list[str]:
     lines = [
         *header,
         *markdown_table(
-            ["criterion", "removed", "seeds", "PPL full", "PPL LoRA", "LoRA / full", "95% t", "verdict"], rows
+            [
+                "criterion",
+                "removed",
+                "seeds",
+                "PPL full (/ dense)",
+                "PPL LoRA (/ dense)",
+                "LoRA / full",
+                "95% t",
+                "verdict",
+            ],
+            rows,
         ),
         "",
         f"LoRA adapters: {first['lora_trainable']:,} trainable parameters on the compacted model of "
         f"{first['params']:,} ({first['lora_trainable'] / first['params']:.1%}; full recovery trains all "
-        f"{first['params']:,}). Dense test perplexity for scale: "
-        f"{results['runs'][0]['dense_ppl']:.2f}.",
+        f"{first['params']:,}). Dense test perplexity {dense:.2f}; PPL columns: geometric means over seeds. "
+        "Best LoRA-recovered criterion at "
+        + ", ".join(
+            f"{size:.0%}: {best['criterion']} {best['lora_geomean'] / dense:.3f}× dense ("
+            + ("≤" if best["lora_geomean"] / dense <= 1.15 else ">")
+            + " 1.15×, the issue's target)"
+            for size in setup.lora_sizes
+            for best in [min((c for c in compared if c["size"] == size), key=lambda c: c["lora_geomean"])]
+        )
+        + ".",
         "",
     ]
     missing = len(setup.criteria) * len(setup.seeds) * len(setup.lora_sizes) - len(results["lora_runs"])
