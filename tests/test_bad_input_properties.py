@@ -221,6 +221,7 @@ ZERO_ALLOWED = {
     "--aux-loss-weight",
     "--alpha",
     "--gate-steps",
+    "--gate-batch-size",  # 0 = the whole training batch (the paper's gate training)
     "--sparsity-strength",
     "--strength",
     "--weight-step",
