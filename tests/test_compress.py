@@ -336,3 +336,25 @@ def test_training_time_methods_are_refused_by_their_registration() -> None:
             CompressSettings(
                 model_dir=Path("m"), data=Path("d"), out=Path("o"), keep_params=0.7, method=method
             ).check()
+
+
+def test_the_criterions_settings_flags_reach_it(monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--gate-steps 10 --gate-batch-size 0`` (PL's paper budget) become the criterion's settings, as in
+    ``plprune train``; a flag of another method is one clear error."""
+    import plprune.compress as compress_module
+
+    seen: list[CompressSettings] = []
+
+    def fake(settings: CompressSettings) -> dict:
+        seen.append(settings)
+        raise PlpruneError("stopped after the settings were built")
+
+    monkeypatch.setattr(compress_module, "compress", fake)
+    args = ["m", "--data", "d.txt", "--out", "o", "--keep-params", "0.7"]
+    paper = ["--gate-steps", "10", "--gate-batch-size", "0", "--feature-samples", "16"]
+    status, err = _main(capsys, *args, *paper)
+    assert status == 2 and "stopped after the settings were built" in err
+    assert seen[0].method == "pl"
+    assert seen[0].method_settings == {"gate_steps": 10, "gate_batch_size": 0, "feature_samples": 16}
+    status, err = _main(capsys, *args, "--method", "taylor", "--gate-steps", "10")
+    assert status == 2 and "--gate-steps is a setting of pl" in err and len(seen) == 1

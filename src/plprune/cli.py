@@ -408,9 +408,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from plprune.compress import CompressSettings, compress
+    from plprune.pruners.registry import setting_flags
 
     if args.kinds is None:
         args.kinds = ("head", "neuron")
+    method_settings = {}  # the criterion's own settings flags (--gate-steps ...), as plprune train takes them
+    for setting in setting_flags():
+        value = getattr(args, f"setting_{setting.field}")
+        if value is not None:
+            _setting_method(setting, args.method)
+            method_settings[setting.field] = value
     settings = CompressSettings(
         model_dir=args.model_dir,
         data=args.data,
@@ -419,6 +426,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         keep_params=args.keep_params,
         kind_ratios=args.kind_ratios or {},
         method=args.method,
+        method_settings=method_settings,
         allocation=args.allocation,
         tokenizer=args.tokenizer,
         eval_data=args.eval_data,
@@ -605,6 +613,13 @@ def _add_compress_parser(sub: Any) -> None:
     compress.add_argument("--keep-params", type=float, help="fraction of parameters to keep, e.g. 0.7")
     compress.add_argument("--kind-ratios", type=_kind_ratios, help="fixed ratio per kind, e.g. head=0.5")
     compress.add_argument("--method", default="pl", help="criterion (default pl; see plprune train --help)")
+    from plprune.pruners.registry import setting_flags
+
+    for flag in setting_flags():  # the criterion's own settings, as plprune train takes them
+        compress.add_argument(
+            flag.flag, dest=f"setting_{flag.field}", metavar=flag.field.upper(), type=flag.type,
+            help=flag.help,
+        )  # fmt: skip
     compress.add_argument(
         "--allocation", default="per_layer", help="per_layer (default: from_pretrained-loadable) or global"
     )
