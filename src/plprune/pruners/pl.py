@@ -26,10 +26,12 @@ logits, literally Alg. 1's ``f``), w.r.t. the group weights (attention Q/K/V/O, 
 
 Data-parallel (``context.distributed``, docs/distributed.md): the kernel samples are the first
 ``feature_samples`` of the global batch, gathered from every rank's shard (:func:`plprune.distributed.
-gather_samples`), so every rank computes the same features; each gate-training batch is each rank's shard
-and the gating network's gradients (and the logged loss/trace) are averaged over ranks, which is the
-gradient of the global batch's objective (same seeded probes on every rank; Hutchinson's estimate is linear
-in H). The Pruner broadcasts rank 0's final gates.
+gather_samples`), so every rank computes the same features; a gate-training batch of ``gate_batch_size``
+samples is likewise the first samples of the global batch, gathered, so every rank computes the single
+process's objective; a whole gate-training batch (``gate_batch_size`` 0) is each rank's shard and the gating
+network's gradients (and the logged loss/trace) are averaged over ranks, which is the gradient of the global
+batch's objective (same seeded probes on every rank; Hutchinson's estimate is linear in H). The Pruner
+broadcasts rank 0's final gates.
 """
 
 from __future__ import annotations
@@ -272,12 +274,19 @@ class PLScorer(GroupScorer):
             )
         return per_epoch
 
-    def _gate_batch(self, context: PruneContext, b: int) -> tuple[Tensor, ...]:
-        """Gate-training batch ``b``: the task's training batch at ``step + b``, its first ``gate_batch_size``
-        samples (all of them when 0 or None; each rank's shard when data-parallel)."""
+    def _gate_batch(self, context: PruneContext, b: int) -> tuple[tuple[Tensor, ...], bool]:
+        """Gate-training batch ``b`` and whether it is this rank's shard of it: the task's training batch at
+        ``step + b``, or its first ``gate_batch_size`` samples. Data-parallel, the whole batch is each rank's
+        shard (the objective's gradient is averaged over ranks); the first samples are those of the *global*
+        batch, gathered to every rank (:func:`plprune.distributed.gather_samples`), so every rank computes the
+        single process's objective."""
         batch = context.task.train_batch(context.step + b)
         size = self.config.gate_batch_size
-        return batch if not size else tuple(t[:size] for t in batch)
+        if not size:
+            return batch, bool(context.distributed)
+        if context.distributed:
+            return dist.gather_samples(batch, size), False  # type: ignore[return-value]
+        return tuple(t[:size] for t in batch), False
 
     def _features(self, context: PruneContext, seconds: dict[str, float]) -> KernelFeatures:
         """``compute_group_features`` (Sec. 3.2.2) in its three stages, each timed into ``seconds``."""
@@ -325,7 +334,7 @@ class PLScorer(GroupScorer):
                 gate_batches = self._gate_batches(context)
                 for b in range(gate_batches):
                     started = time.perf_counter()
-                    batch = self._gate_batch(context, b)
+                    batch, sharded = self._gate_batch(context, b)
                     gates = net(inputs)
                     with groups.soft_gates(gates.to(weights[0].dtype)):
                         loss = context.task.loss(model, batch)
@@ -335,7 +344,7 @@ class PLScorer(GroupScorer):
                         if cfg.alpha > 0:  # α = 0: loss-only gate training, no Hessian work at all
                             with _stage(seconds, "hessian_trace"):
                                 scalar = _hessian_scalar(cfg.hessian_scalar, context, batch, loss)
-                                if context.distributed and cfg.hessian_scalar == "logits":
+                                if sharded and cfg.hessian_scalar == "logits":
                                     scalar = scalar * dist.world_size()  # a sum: ranks' mean × W = global sum
                                 trace = hutchinson_trace(
                                     scalar,
@@ -355,7 +364,7 @@ class PLScorer(GroupScorer):
                         continue
                     grads = torch.autograd.grad(objective, list(net.parameters()))
                     logged = [loss.detach(), trace.mean.detach() if trace is not None else loss.new_zeros(())]
-                    if context.distributed:  # the global batch's gradient; identical on every rank
+                    if sharded:  # the global batch's gradient; identical on every rank
                         *grads, loss_mean, trace_mean = dist.all_reduce_mean([*grads, *logged])
                         logged = [loss_mean, trace_mean]
                     for param, grad in zip(net.parameters(), grads, strict=True):
