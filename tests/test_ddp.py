@@ -114,6 +114,16 @@ def test_plprune_train_under_torchrun_matches_one_process(
     assert saved["step"] == 8 and not any(k.startswith("module.") for k in saved["model"])  # plain model
 
 
+def test_whole_batch_gate_training_under_torchrun_matches_one_process(data_dir: Path, tmp_path: Path) -> None:
+    """The paper's gate training on whole batches (``--gate-batch-size 0``): each rank's shard, gradients
+    averaged over ranks (the default gathers the first samples of the global batch instead)."""
+    args = [*TINY_RUN, "--gate-batch-size", "0", "--data-dir", str(data_dir)]
+    assert main(["train", *args, "--out", str(tmp_path / "single")]) == 0
+    torchrun("train", *args, "--out", str(tmp_path / "ddp"))
+    assert_same_run(summary(tmp_path / "ddp"), summary(tmp_path / "single"))
+    assert summary(tmp_path / "ddp")["pruning_events"][0]["pl_config"]["gate_batch_size"] == 0
+
+
 # ``plprune train`` with a callback that stops both ranks after step 5 (as Ctrl-C would); run by torchrun
 STOP_AFTER_STEP_5 = """
 import sys
