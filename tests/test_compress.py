@@ -140,6 +140,30 @@ def test_masked_lm_with_pruned_heads_goes_the_plprune_load_way(workspace: Path) 
     assert "plprune.load" in (out / "report.md").read_text()
 
 
+def test_masked_lm_with_pruned_neurons_is_reloaded_by_transformers(workspace: Path) -> None:
+    """An encoder MLM whose FFN width shrinks alike in every layer: its config says the new width, so
+    ``AutoModelForMaskedLM.from_pretrained`` rebuilds it without plprune, and the reloaded model gives the
+    report's pseudo-perplexity on the same fixed masks."""
+    from plprune.compress.inputs import load_codec, read_text, text_blocks
+    from plprune.compress.measure import objective_batches, perplexity
+
+    settings = _settings(workspace, "bert", "bert-neurons", kinds=("neuron",), keep_params=0.95)
+    report = compress(settings)
+    out = workspace / "bert-neurons"
+    assert report["stages"]["save"]["format"] == "save_pretrained"
+    reloaded = transformers.AutoModelForMaskedLM.from_pretrained(out, attn_implementation="eager").eval()
+    assert reloaded.config.intermediate_size < 96  # the dense width
+    widths = {layer.intermediate.dense.out_features for layer in reloaded.bert.encoder.layer}
+    assert widths == {reloaded.config.intermediate_size}
+    assert sum(p.numel() for p in reloaded.parameters()) == report["stages"]["prune"]["parameters"]
+    codec = load_codec(out, None, reloaded, "masked")
+    text = read_text(settings.eval_data, "evaluation")
+    inputs, labels = text_blocks(text, codec, settings.seq_len, "evaluation")
+    n = settings.eval_samples
+    batches = objective_batches(inputs[:n], labels[:n], "masked", codec, settings.batch_size, seed=12345)
+    assert perplexity(reloaded, batches) == pytest.approx(report["stages"]["prune"]["perplexity"], rel=1e-5)
+
+
 def test_lora_recovery_merges_back_into_plain_weights(workspace: Path) -> None:
     report = compress(
         _settings(workspace, "llama", "llama-lora", recover_steps=4, recovery="lora", recover_lr=1e-2)
