@@ -21,6 +21,7 @@ from plprune.models.dynamic import (
 from plprune.models.vgg import VGG
 from plprune.sparsity.hard_concrete import hard_concrete_gate, hard_concrete_l0
 from plprune.train.dynamic_inference import annealed_temperature, train_dynamic_network
+from tiny_data import bump_sequences
 
 CHANNELS = (6, 8, 8, 10)
 LENGTH = 40
@@ -333,17 +334,6 @@ def test_annealed_temperature_by_hand() -> None:
         annealed_temperature(0, 30.0, 0)
 
 
-def bump_data(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
-    """Length-16 noisy sequences with a 3-step bump somewhere: upward for class 1, downward for class 0."""
-    gen = torch.Generator().manual_seed(11)
-    y = torch.arange(n) % 2
-    x = 0.3 * torch.randn(n, 1, 16, generator=gen)
-    for i in range(n):
-        start = int(torch.randint(0, 14, (1,), generator=gen))
-        x[i, 0, start : start + 3] += 2.0 if int(y[i]) else -2.0
-    return x, y
-
-
 def loss_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return float(F.cross_entropy(model.eval()(x), y))
@@ -354,7 +344,7 @@ TRAIN = {"epochs": 6, "batch_size": 16, "lr": 1e-2}
 
 @pytest.mark.parametrize("kind", ["static", "gated", "dynconv"])
 def test_train_dynamic_network_lowers_the_loss_reproducibly(kind: str) -> None:
-    x, y = bump_data()
+    x, y = bump_sequences()
     params = []
     for _ in range(2):
         torch.manual_seed(0)
@@ -375,7 +365,7 @@ def test_train_dynamic_network_lowers_the_loss_reproducibly(kind: str) -> None:
 
 
 def test_dynamic_convolution_temperature_follows_the_annealing(monkeypatch) -> None:
-    x, y = bump_data(32)
+    x, y = bump_sequences(32)
     torch.manual_seed(0)
     model = DynamicConvCNN(1, 2, (4, 4), num_kernels=2)
     seen: list[float] = []
@@ -393,7 +383,7 @@ def test_dynamic_convolution_temperature_follows_the_annealing(monkeypatch) -> N
 
 
 def test_a_larger_gate_penalty_closes_more_gates() -> None:
-    x, y = bump_data()
+    x, y = bump_sequences()
     open_channels = []
     for lam in (0.0, 5.0):
         torch.manual_seed(0)
@@ -408,7 +398,7 @@ def test_a_larger_gate_penalty_closes_more_gates() -> None:
 
 
 def test_train_dynamic_network_refuses_bad_arguments() -> None:
-    x, y = bump_data(16)
+    x, y = bump_sequences(16)
     gen = torch.Generator()
     gated = ChannelGatedCNN(1, 2, (4,))
     with pytest.raises(PlpruneError, match="gate_penalty"):

@@ -37,6 +37,7 @@ from plprune.train.early_exit import (
     train_multi_exit_cnn,
     warmup_decay_scheduler,
 )
+from tiny_data import bump_sequences
 
 
 def logits_with_entropy(target: float, classes: int = 4) -> torch.Tensor:
@@ -380,24 +381,13 @@ def test_decay_parameter_groups_leave_embeddings_biases_and_norms_undecayed(bert
     assert any("token_embedding" in names[id(p)] for p in rest["params"])
 
 
-def tiny_sequences(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
-    """Length-16 noisy sequences with a 3-step bump somewhere: upward for class 1, downward for class 0."""
-    gen = torch.Generator().manual_seed(11)
-    y = torch.arange(n) % 2
-    x = 0.3 * torch.randn(n, 1, 16, generator=gen)
-    for i in range(n):
-        start = int(torch.randint(0, 14, (1,), generator=gen))
-        x[i, 0, start : start + 3] += 2.0 if int(y[i]) else -2.0
-    return x, y
-
-
 def exit_losses(model: MultiExitCNN, x: torch.Tensor, y: torch.Tensor) -> list[float]:
     with torch.no_grad():
         return [float(F.cross_entropy(z, y)) for z in model(x)]
 
 
 def test_train_multi_exit_cnn_lowers_every_exits_loss_and_is_reproducible() -> None:
-    x, y = tiny_sequences()
+    x, y = bump_sequences()
     models, params = [], []
     for _ in range(2):
         torch.manual_seed(0)
@@ -416,7 +406,7 @@ def test_train_multi_exit_cnn_lowers_every_exits_loss_and_is_reproducible() -> N
 
 
 def test_train_multi_exit_cnn_with_final_weight_only_leaves_early_heads_untouched() -> None:
-    x, y = tiny_sequences(32)
+    x, y = bump_sequences(32)
     torch.manual_seed(0)
     model = MultiExitCNN(widths=(4, 8), num_classes=2)
     head0 = [p.detach().clone() for p in model.heads[0].parameters()]
@@ -468,7 +458,7 @@ def test_train_multi_exit_bert_lowers_every_layers_loss() -> None:
 
 
 def test_training_refuses_bad_arguments(cnn: MultiExitCNN, bert: MultiExitBertClassifier) -> None:
-    x, y = tiny_sequences(8)
+    x, y = bump_sequences(8)
     kw = {"batch_size": 4, "lr": 1e-3, "weight_decay": 0.0}
     gen = torch.Generator()
     with pytest.raises(PlpruneError, match="MultiExitCNN"):

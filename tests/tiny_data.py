@@ -28,3 +28,15 @@ def write_tiny_wikitext(directory: Path) -> Path:
     (directory / "valid.txt").write_text(text(120))
     (directory / "test.txt").write_text(text(40))
     return directory
+
+
+def bump_sequences(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    """Length-16 noisy sequences with a 3-step bump somewhere: upward for class 1, downward for class 0
+    (the early-exit and dynamic-inference tests' classification data)."""
+    gen = torch.Generator().manual_seed(11)
+    y = torch.arange(n) % 2
+    x = 0.3 * torch.randn(n, 1, 16, generator=gen)
+    for i in range(n):
+        start = int(torch.randint(0, 14, (1,), generator=gen))
+        x[i, 0, start : start + 3] += 2.0 if int(y[i]) else -2.0
+    return x, y
