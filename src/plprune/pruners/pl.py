@@ -16,9 +16,10 @@ ranking"): how far the final gates spread (``gate_spread``), how each gate input
 ``features`` (which inputs the gating network sees) and ``gate_full_pass`` (gate training on one epoch's
 worth of batches, Alg. 2 lines 6-7 "for each batch in S", instead of ``gate_steps``). Cost (docs/pl-method.md
 "PL's cost"): every record logs the ``seconds`` of each stage (:data:`STAGES`); gate training is ~90% of an
-event. The defaults are the cheap setting (2 gate-training batches of 4 samples, 8 kernel samples: an event
-costs 2-13 training steps instead of 40-80); :data:`PAPER_SETTINGS` are the paper's (10 batches, the whole
-training batch, 16 kernel samples), which the benchmark suites pin.
+event at the paper's budget. The defaults are the cheap setting (2 gate-training batches of 4 samples, 8
+kernel samples: an event costs 1.4-4 training steps on heads and neurons and 9-18 on small VGGs, instead of
+44-77); :data:`PAPER_SETTINGS` are the paper's (10 batches, the whole training batch, 16 kernel samples),
+which the benchmark suites written before pin.
 
 The Hessian is taken of ``hessian_scalar``: ``"loss"`` (default: the training loss, the quantity whose
 conditioning the paper's Prop. 8 bounds via the loss Hessian) or ``"logits"`` (sum of the masked-token
@@ -98,7 +99,7 @@ class PLConfig:
     ``PLConfig(**PAPER_SETTINGS)`` is the paper's."""
 
     alpha: float = field(default=1.0, metadata={"help": "weight of the Hessian-trace term (1, Alg. 2)"})
-    # cost knob (docs/pl-method.md "PL's cost"): gate training is ~90% of an event and its cost grows with
+    # cost knob (docs/pl-method.md "PL's cost"): gate training is 65-99% of an event and its cost grows with
     # the batches and their samples; the paper's budget is PAPER_SETTINGS (10 batches, whole, 16 samples)
     gate_steps: int = field(
         default=2, metadata={"help": "gating-network training batches per event (default 2; the paper 10)"}
@@ -231,11 +232,17 @@ class PLScorer(GroupScorer):
     def __init__(self, config: PLConfig | None = None) -> None:
         self.config = config or PLConfig()
 
+    @staticmethod
+    def _first_samples(context: PruneContext, batch: tuple[Tensor, ...], n: int) -> tuple[Tensor, ...]:
+        """The first ``n`` samples of the global batch (data-parallel: gathered from every rank's shard, in
+        global order, on every rank)."""
+        if context.distributed:
+            return dist.gather_samples(batch, n)  # type: ignore[return-value]
+        return tuple(t[:n] for t in batch)
+
     def _feature_batch(self, context: PruneContext) -> tuple[Tensor, ...]:
         batch = context.task.train_batch(context.step)
-        if context.distributed:  # every rank's samples, in global order, on every rank
-            return dist.gather_samples(batch, self.config.feature_samples)  # type: ignore[return-value]
-        return tuple(t[: self.config.feature_samples] for t in batch)
+        return self._first_samples(context, batch, self.config.feature_samples)
 
     def extra_features(self, context: PruneContext) -> tuple[Tensor, tuple[str, ...]]:
         """Further gate inputs beyond the kernel features: a ``(p, k)`` non-negative tensor (standardised on
@@ -284,9 +291,7 @@ class PLScorer(GroupScorer):
         size = self.config.gate_batch_size
         if not size:
             return batch, bool(context.distributed)
-        if context.distributed:
-            return dist.gather_samples(batch, size), False  # type: ignore[return-value]
-        return tuple(t[:size] for t in batch), False
+        return self._first_samples(context, batch, size), False
 
     def _features(self, context: PruneContext, seconds: dict[str, float]) -> KernelFeatures:
         """``compute_group_features`` (Sec. 3.2.2) in its three stages, each timed into ``seconds``."""
