@@ -130,21 +130,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "next-token LM), vgg-mnist1d, resnet-mnist1d, vgg-digits (conv filters; offline data)",
     )
     parser.add_argument("--config", type=Path, help="TOML file with task and [data]/[model]/[train] tables")
-    from plprune.pruners.registry import METHODS, setting_flags
+    from plprune.pruners.registry import METHODS
 
     for flag, _section, field, kind, text in _RUN_FLAGS:
         parser.add_argument(flag, dest=field, type=kind, default=None, help=text)
     # argparse %-formats help: a literal % (e.g. "5% of training") must be doubled
     methods = "; ".join(f"{name}: {spec.description}" for name, spec in METHODS.items()).replace("%", "%%")
     parser.add_argument("--method", default=None, help=f"pruning method (default dense). {methods}")
-    for flag in setting_flags():  # each method's own settings, from its registered config
-        parser.add_argument(
-            flag.flag,
-            dest=f"setting_{flag.field}",
-            metavar=flag.field.upper(),
-            type=flag.type,
-            help=flag.help,
-        )
+    _add_setting_flags(parser)
     parser.add_argument(
         "--pre-ln",
         dest="pre_layer_norm",
@@ -197,13 +190,10 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
             overrides.setdefault(section, {})[field] = value
     if args.method is not None:
         overrides.setdefault("prune", {})["method"] = args.method
-    from plprune.pruners.registry import setting_flags
-
     method = overrides.get("prune", {}).get("method", config.prune.method)
-    for setting in setting_flags():
-        value = getattr(args, f"setting_{setting.field}")
-        if value is not None:
-            overrides.setdefault(_setting_method(setting, method), {})[setting.field] = value
+    values = _setting_values(args, method)
+    if values:
+        overrides.setdefault(method, {}).update(values)
     if args.pre_layer_norm is not None:
         overrides.setdefault("model", {})["pre_layer_norm"] = True
     if args.compact is not None:
@@ -213,6 +203,33 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     if getattr(args, "deterministic", None) is not None:
         overrides.setdefault("train", {})["deterministic"] = True
     return config.with_overrides(overrides)
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per method settings field (``--gate-steps``, ``--score-batches``, ...), from the registry."""
+    from plprune.pruners.registry import setting_flags
+
+    for flag in setting_flags():
+        parser.add_argument(
+            flag.flag,
+            dest=f"setting_{flag.field}",
+            metavar=flag.field.upper(),
+            type=flag.type,
+            help=flag.help,
+        )
+
+
+def _setting_values(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """``{field: value}`` of the settings flags given, each checked to belong to ``method``."""
+    from plprune.pruners.registry import setting_flags
+
+    values = {}
+    for setting in setting_flags():
+        value = getattr(args, f"setting_{setting.field}")
+        if value is not None:
+            _setting_method(setting, method)  # a flag of another method is an error, not ignored
+            values[setting.field] = value
+    return values
 
 
 def _setting_method(setting: Any, method: str) -> str:
@@ -408,16 +425,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from plprune.compress import CompressSettings, compress
-    from plprune.pruners.registry import setting_flags
 
     if args.kinds is None:
         args.kinds = ("head", "neuron")
-    method_settings = {}  # the criterion's own settings flags (--gate-steps ...), as plprune train takes them
-    for setting in setting_flags():
-        value = getattr(args, f"setting_{setting.field}")
-        if value is not None:
-            _setting_method(setting, args.method)
-            method_settings[setting.field] = value
     settings = CompressSettings(
         model_dir=args.model_dir,
         data=args.data,
@@ -426,7 +436,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         keep_params=args.keep_params,
         kind_ratios=args.kind_ratios or {},
         method=args.method,
-        method_settings=method_settings,
+        method_settings=_setting_values(args, args.method),  # --gate-steps ..., as plprune train takes them
         allocation=args.allocation,
         tokenizer=args.tokenizer,
         eval_data=args.eval_data,
@@ -613,13 +623,7 @@ def _add_compress_parser(sub: Any) -> None:
     compress.add_argument("--keep-params", type=float, help="fraction of parameters to keep, e.g. 0.7")
     compress.add_argument("--kind-ratios", type=_kind_ratios, help="fixed ratio per kind, e.g. head=0.5")
     compress.add_argument("--method", default="pl", help="criterion (default pl; see plprune train --help)")
-    from plprune.pruners.registry import setting_flags
-
-    for flag in setting_flags():  # the criterion's own settings, as plprune train takes them
-        compress.add_argument(
-            flag.flag, dest=f"setting_{flag.field}", metavar=flag.field.upper(), type=flag.type,
-            help=flag.help,
-        )  # fmt: skip
+    _add_setting_flags(compress)
     compress.add_argument(
         "--allocation", default="per_layer", help="per_layer (default: from_pretrained-loadable) or global"
     )
