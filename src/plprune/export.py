@@ -447,11 +447,12 @@ def _mask_from_layer_counts(groups: GroupSet, pruning: dict[str, Any]) -> Tensor
     return mask
 
 
-def _add_created_biases(model: nn.Module, tensors: dict[str, Tensor]) -> None:
+def add_created_biases(model: nn.Module, tensors: dict[str, Tensor]) -> None:
     """Give a bias to each ``nn.Linear`` the architecture builds without one but whose ``NAME.bias`` the
     weights hold with the layer's output size: a bias a pruning criterion created (FLAP's bias compensation
     on Llama's bias-free ``o_proj``/``down_proj``; :mod:`plprune.pruners.flap`). Anything else the weights
-    hold and the model lacks is still refused by :func:`_check_state`."""
+    hold and the model lacks is still refused (:func:`_check_state`, or a strict ``load_state_dict``). Used
+    by :func:`load` and by :func:`plprune.run_export.model_from_run` for a run's checkpoint."""
     modules = dict(model.named_modules())
     for key, tensor in tensors.items():
         owner, _, leaf = key.rpartition(".")
@@ -533,7 +534,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 compact(groups, inplace=True)
-    _add_created_biases(built, tensors)
+    add_created_biases(built, tensors)
     _check_state(built, tensors, ties)
     for alias, name in ties.items():
         tensors[alias] = tensors[name]

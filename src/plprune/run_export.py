@@ -18,13 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from plprune.errors import RunDirError
-from plprune.export import FORMATS, check_destination, export
+from plprune.export import FORMATS, add_created_biases, check_destination, export
 from plprune.gates import GroupSet
-from plprune.pruners.flap import add_to_bias
 from plprune.run_config import RunConfig
 from plprune.runner import CONFIG_NAME, SUMMARY_NAME
 from plprune.sites import kinds_need_inputs
-from plprune.sites.projections import out_features
 from plprune.tasks.registry import DEFAULT_KINDS, build_task, causal_lm_model_for, mlm_model_for
 from plprune.train.checkpoint import load_latest_checkpoint
 from plprune.train.loop import CHECKPOINT_NAME
@@ -41,21 +39,6 @@ def _vocab_size(state: dict[str, Tensor], key: str) -> int:
     if key not in state or state[key].dim() != 2:
         raise RunDirError(f"the checkpoint's model weights have no {key}; is this run's config.json its own?")
     return int(state[key].shape[0])
-
-
-def _recreate_created_biases(model: nn.Module, records: list[dict[str, Any]]) -> None:
-    """Zero biases on the projections a pruning event created one on (FLAP's bias compensation logs them as
-    ``flap_created_biases``), so the checkpoint's weights, which hold them, load."""
-    for name in dict.fromkeys(n for record in records for n in record.get("flap_created_biases") or []):
-        try:
-            module = model.get_submodule(name)
-        except AttributeError as error:
-            raise RunDirError(
-                f"{PRUNING_LOG} names a created bias on {name!r}, which the model rebuilt from "
-                f"{CONFIG_NAME} does not have"
-            ) from error
-        if getattr(module, "bias", "missing") is None:
-            add_to_bias(module, torch.zeros(out_features(module)))
 
 
 def model_from_run(run_dir: str | os.PathLike) -> tuple[nn.Module, GroupSet | None, Any, str]:
@@ -113,7 +96,7 @@ def model_from_run(run_dir: str | os.PathLike) -> tuple[nn.Module, GroupSet | No
             raise RunDirError(
                 f"the groups of the model rebuilt from {CONFIG_NAME} differ from those in {PRUNING_LOG}"
             )
-    _recreate_created_biases(model, records)
+    add_created_biases(model, state)  # e.g. FLAP's compensation biases on a bias-free Llama
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
