@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from plprune.bench import suites
 from plprune.bench.compare import check_existing, pending, run_jobs
@@ -292,6 +293,11 @@ def test_cli_compare_and_report(tiny_suite: str, tmp_path: Path, capsys) -> None
     assert (out / "RESULTS.md").is_file() and (out / "suite.json").is_file()
     assert main(["report", str(out)]) == 0
     assert "## bert-pydoc" in capsys.readouterr().out
+    # --workers 1 runs in this process with its torch threads: suite.json and the report say how many
+    threads = torch.get_num_threads()
+    assert json.loads((out / "suite.json").read_text())["machine"]["threads_per_run"] == threads
+    said = "one torch thread" if threads == 1 else f"{threads} torch threads"
+    assert f"Each run: one process with {said};" in (out / "RESULTS.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -324,3 +330,12 @@ def test_suites_module_lists_methods() -> None:
         "dense",
     }
     assert set(suites.TRANSFORMER_METHODS) >= {"grad-score", "imp", "snip", "grasp", "pl", "random", "dense"}
+
+
+def test_report_states_the_runs_thread_count() -> None:
+    from plprune.bench.report import _threads_per_run
+
+    assert _threads_per_run({}) == "one torch thread"  # suite.json written before the count was recorded
+    assert _threads_per_run({"machine": {"workers": 2, "threads_per_run": 1}}) == "one torch thread"
+    assert _threads_per_run({"machine": {"workers": 1, "threads_per_run": 2}}) == "2 torch threads"
+    assert _threads_per_run({"machine": "n/a"}) == "one torch thread"

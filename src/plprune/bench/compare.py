@@ -102,7 +102,11 @@ def write_suite_file(out: Path, suite: str, jobs: list[Job], command: str, worke
             for j in jobs
         ],
         "machine": harness.machine(
-            python=platform.python_version(), torch=torch.__version__, workers=workers, threads_per_run=1
+            python=platform.python_version(),
+            torch=torch.__version__,
+            workers=workers,
+            # pool workers take one thread each; --workers 1 runs in this process with its threads
+            threads_per_run=1 if workers > 1 else torch.get_num_threads(),
         ),
     }
     previous = out / SUITE_FILE

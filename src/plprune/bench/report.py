@@ -372,6 +372,13 @@ def _schedule_note(prune: dict[str, Any]) -> str:
     return prune["schedule"]
 
 
+def _threads_per_run(suite: dict[str, Any]) -> str:
+    """"one torch thread" or "N torch threads", as suite.json's machine records it (1 where it does not)."""
+    machine = suite.get("machine")
+    threads = machine.get("threads_per_run", 1) if isinstance(machine, dict) else 1
+    return "one torch thread" if threads == 1 else f"{threads} torch threads"
+
+
 def _devices(loaded: Any) -> str:
     """Which devices the runs trained on, with run counts (``summary["device"]``; older runs: the CPU, as
     the trainer had no device option before)."""
@@ -411,10 +418,10 @@ def write_report(out: Path) -> Path:
         + "; ".join(f"`{c}`" for c in suite.get("commands") or [suite.get("command", "n/a")])
         + "  ",
         f"Machine: {suite.get('machine', 'n/a')}  ",
-        "Each run: one process with one torch thread; runs of one seed see the same data order and the same "
-        "number of steps. Mean ± sample std over seeds; **bold** = best mean in the column. Wall time: "
-        "training steps including pruning work, excluding evaluation and curvature diagnostics (runs share "
-        "the machine, so wall times compare only roughly).",
+        f"Each run: one process with {_threads_per_run(suite)}; runs of one seed see the same data order and "
+        "the same number of steps. Mean ± sample std over seeds; **bold** = best mean in the column. Wall "
+        "time: training steps including pruning work, excluding evaluation and curvature diagnostics (runs "
+        "share the machine, so wall times compare only roughly).",
         "",
     ]
     lines.insert(-2, f"Devices: {_devices(loaded)}  ")
