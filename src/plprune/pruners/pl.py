@@ -17,9 +17,9 @@ ranking"): how far the final gates spread (``gate_spread``), how each gate input
 worth of batches, Alg. 2 lines 6-7 "for each batch in S", instead of ``gate_steps``). Cost (docs/pl-method.md
 "PL's cost"): every record logs the ``seconds`` of each stage (:data:`STAGES`); gate training is ~90% of an
 event at the paper's budget. The defaults are the cheap setting (2 gate-training batches of 4 samples, 8
-kernel samples: an event costs 1.4-4 training steps on heads and neurons and 9-18 on small VGGs, instead of
-44-77); :data:`PAPER_SETTINGS` are the paper's (10 batches, the whole training batch, 16 kernel samples),
-which the benchmark suites written before pin.
+kernel samples: an event costs 2-4 training steps on heads and neurons, 1.3-3.7 on VGG-16 at CIFAR-10 shapes
+and 10-12 on the small MNIST-1D VGGs, instead of 48-85); :data:`PAPER_SETTINGS` are the paper's (10 batches,
+the whole training batch, 16 kernel samples), which the benchmark suites written before pin.
 
 The Hessian is taken of ``hessian_scalar``: ``"loss"`` (default: the training loss, the quantity whose
 conditioning the paper's Prop. 8 bounds via the loss Hessian) or ``"logits"`` (sum of the masked-token
@@ -99,7 +99,7 @@ class PLConfig:
     ``PLConfig(**PAPER_SETTINGS)`` is the paper's."""
 
     alpha: float = field(default=1.0, metadata={"help": "weight of the Hessian-trace term (1, Alg. 2)"})
-    # cost knob (docs/pl-method.md "PL's cost"): gate training is 65-99% of an event and its cost grows with
+    # cost knob (docs/pl-method.md "PL's cost"): gate training is 62-99% of an event and its cost grows with
     # the batches and their samples; the paper's budget is PAPER_SETTINGS (10 batches, whole, 16 samples)
     gate_steps: int = field(
         default=2, metadata={"help": "gating-network training batches per event (default 2; the paper 10)"}
