@@ -46,12 +46,10 @@ import torch
 import plprune
 from plprune.data.images import ClassificationData
 from plprune.gates import GroupSet
-from plprune.models import vgg
 from plprune.pruners.base import Diagnostics
 from plprune.pruners.pl import PAPER_SETTINGS, PLConfig, PLScorer, spearman
 from plprune.run_config import RunConfig
-from plprune.tasks.classification import ClassificationTask
-from plprune.tasks.registry import TASK_DEFAULTS, build_task
+from plprune.tasks.registry import TASK_DEFAULTS, _build_cnn, build_task
 from plprune.train.loop import build_optimizer
 
 DATA = "/work/shared/data/wikitext-2"
@@ -109,10 +107,8 @@ def cifar_shaped_images(samples: int = 1280, seed: int = 0) -> ClassificationDat
 def build(name: str) -> tuple[torch.nn.Module, Any, RunConfig, GroupSet]:
     kind, raw = SETUPS[name]
     config = RunConfig.from_dict(copy.deepcopy(raw))
-    if name in SYNTHETIC_IMAGES:
-        data = cifar_shaped_images()
-        model = vgg.VGG(config.model.width_multiplier, in_channels=3, num_classes=10, dims=2)
-        task = ClassificationTask(data, config.train.batch_size, config.train.seed, config.train.eval_batches)
+    if name in SYNTHETIC_IMAGES:  # the VGG task's own builder, on these images instead of MNIST-1D
+        model, task = _build_cnn(config, cifar_shaped_images(), "vgg")
     else:
         model, task = build_task(config, Path("/tmp/pl_cost_run"))
     example = (task.train_batch(0)[0][:2],) if kind == "filter" else None
